@@ -152,13 +152,38 @@ def build_narrow_student(teacher: str | Path = DEFAULT_TEACHER, hidden_size: int
     return _atomic_save(build, cache_dir() / "models" / name)
 
 
+TINY_TEACHER, TINY_STUDENT = "tiny-teacher", "tiny-student"
+
+
+def build_tiny(name: str, num_layers: int, hidden_size: int = 32, seed: int = 0) -> Path:
+    """Build (once) a tiny random Llama with the default teacher's tokenizer and full vocabulary,
+    for tests and smoke runs: the real data path and tokenizer, at a fraction of the cost."""
+    def build(tmp: Path) -> None:
+        tok = load_tokenizer(DEFAULT_TEACHER)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                          num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                          tie_word_embeddings=True, max_position_embeddings=1024,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_save(build, cache_dir() / "models" / name)
+
+
 _BUILDERS = {DEFAULT_TEACHER: build_default_teacher, DEFAULT_STUDENT: build_layer_subset_student,
-             NARROW_STUDENT: build_narrow_student}
+             NARROW_STUDENT: build_narrow_student,
+             TINY_TEACHER: lambda: build_tiny(TINY_TEACHER, num_layers=2, seed=1),
+             TINY_STUDENT: lambda: build_tiny(TINY_STUDENT, num_layers=1, seed=2)}
 
 
 def resolve_model(name_or_path: str | Path) -> str:
     """Map a name to what ``from_pretrained`` accepts: one of the package's offline aliases
-    (``DEFAULT_TEACHER``, ``DEFAULT_STUDENT``, ``NARROW_STUDENT``; built on first use), an existing
+    (``DEFAULT_TEACHER``, ``DEFAULT_STUDENT``, ``NARROW_STUDENT``, ``TINY_TEACHER``,
+    ``TINY_STUDENT``; built on first use), an existing
     local folder, or else a hub name returned unchanged (loaded from the hub when online)."""
     key = str(name_or_path)
     if key in _BUILDERS:

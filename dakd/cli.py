@@ -1,0 +1,44 @@
+"""Command line entry points used by ``run_all.sh`` and ``accelerate launch``.
+
+    python -m dakd.cli train --config request.json       # one training (any number of processes)
+    python -m dakd.cli preset-params cpu runs/cpu/params  # one papermill YAML per run of a preset
+    python -m dakd.cli preset-runs cpu                    # the run names of a preset, one per line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dakd.cli")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one run from a config JSON")
+    t.add_argument("--config", required=True)
+    pp = sub.add_parser("preset-params", help="write one papermill parameter file per run of a preset")
+    pp.add_argument("preset")
+    pp.add_argument("folder")
+    pr = sub.add_parser("preset-runs", help="print the run names of a preset")
+    pr.add_argument("preset")
+    a = p.parse_args(argv)
+    if a.cmd == "train":
+        from .config import DistillConfig
+        from .train import train
+
+        train(DistillConfig.from_dict(json.loads(Path(a.config).read_text())))
+    elif a.cmd == "preset-params":
+        from .presets import write_papermill_params
+
+        for path in write_papermill_params(a.preset, a.folder):
+            print(path)
+    elif a.cmd == "preset-runs":
+        from .presets import get_preset
+
+        print("\n".join(get_preset(a.preset)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

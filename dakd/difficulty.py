@@ -1,0 +1,120 @@
+"""The distillation difficulty score, DDS (DA-KD Eq. 1), and the scorer that computes it.
+
+DDS(x) = CE_student(x) / (CE_teacher(x) + eps): both are the mean cross-entropy of the
+ground-truth response tokens under teacher forcing. High DDS means the teacher finds x easy while
+the student finds it hard, so x is worth distilling.
+
+The teacher is frozen, so CE_teacher is computed once per run (and cached on disk, keyed by the
+teacher and the exact token ids) instead of once per epoch as in the paper; only the student's CE is
+recomputed at each epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import DistillCollator
+
+
+def response_ce(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean cross-entropy of the response tokens under teacher forcing.
+
+    Args:
+        logits: ``[B, T, V]`` any float dtype; position t predicts token t+1 (a causal LM's output).
+        input_ids: ``[B, T]`` int64.
+        response_mask: ``[B, T]`` bool, True on response tokens (in input-token space).
+
+    Returns:
+        ``[B]`` float32, nats per response token. A sample with no response token gets 0.
+    """
+    logits, targets, mask = logits[:, :-1], input_ids[:, 1:], response_mask[:, 1:]
+    tok_ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, T-1]
+    tok_ce = tok_ce.masked_fill(~mask, 0.0)
+    return tok_ce.sum(1) / mask.sum(1).clamp(min=1)
+
+
+def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """DDS = CE_student / (CE_teacher + eps) (paper Eq. 1).
+
+    Args:
+        student_ce, teacher_ce: ``[N]`` nats per token, >= 0, same sample order.
+        eps: nats; the paper's own example has CE_teacher = 0.0003, so the denominator needs it.
+
+    Returns:
+        ``[N]`` float32, dimensionless.
+
+    Raises:
+        ValueError: shapes differ, eps <= 0, or an input is negative or not finite.
+    """
+    if student_ce.shape != teacher_ce.shape:
+        raise ValueError(f"student_ce {tuple(student_ce.shape)} and teacher_ce {tuple(teacher_ce.shape)} differ")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    for name, t in (("student_ce", student_ce), ("teacher_ce", teacher_ce)):
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise ValueError(f"{name} must be finite and >= 0")
+    return student_ce.float() / (teacher_ce.float() + eps)
+
+
+@torch.no_grad()
+def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: int = 8,
+                  accelerator=None, desc: str = "scoring") -> torch.Tensor:
+    """Response CE of every example under ``model`` (no gradients), in example order.
+
+    Batches are formed from length-sorted examples (less padding); results are put back in the
+    order of ``examples``. With an ``accelerator`` of several processes, each process scores a
+    strided share and the shares are gathered, so every sample is scored exactly once.
+
+    Returns:
+        ``[N]`` float32 on the CPU, nats per response token.
+    """
+    n = len(examples)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    collate = DistillCollator(pad_token_id)
+    order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
+    mine = order[rank::world]
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(n)
+    for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=rank != 0, leave=False):
+        idx = mine[s:s + batch_size]
+        b = collate([examples[i] for i in idx])
+        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+        out[idx] = response_ce(logits, b["input_ids"].to(device), b["response_mask"].to(device)).cpu()
+    model.train(was_training)
+    if world > 1:
+        # every process filled a disjoint set of positions; a sum reassembles the full vector
+        out = accelerator.reduce(out.to(device), reduction="sum").cpu()
+    return out
+
+
+def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,
+                      teacher_name: str, batch_size: int = 8, accelerator=None) -> tuple[torch.Tensor, bool]:
+    """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
+    scored the same token ids (the teacher is frozen), else computed and written.
+
+    Returns:
+        (``[N]`` float32 nats per token, whether it came from the cache).
+    """
+    h = hashlib.sha256(teacher_name.encode())
+    for ex in examples:
+        h.update(json.dumps([ex["input_ids"], ex["prompt_length"]]).encode())
+    path = Path(cache_folder) / f"teacher_ce_{h.hexdigest()[:16]}.pt"
+    if path.exists():
+        ce = torch.load(path, weights_only=True)
+        if ce.shape == (len(examples),):
+            return ce, True
+    ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE")
+    if accelerator is None or accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ce, tmp)
+        tmp.replace(path)
+    return ce, False

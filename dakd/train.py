@@ -1,0 +1,306 @@
+"""One training loop for SFT, KD with any registered loss, and DA-KD (DiffUp + BDL, Algorithm 1).
+
+The loop runs on accelerate, so the same code serves one CPU, one GPU and many processes. Batches
+are global (``cfg.batch_size`` samples per optimiser step over all processes); each process takes a
+strided share of every global batch and accumulates micro-batches. The loss of a step is the sum of
+per-token divergences over the step's response tokens divided by the number of those tokens in the
+whole global batch, so every response token weighs the same however the batch is split.
+
+Each run writes into ``cfg.output_dir``: ``config.json`` (resolved config, hash, versions),
+``train_log.json`` (filter report, per-epoch records, the Table 3 cost record), ``student/`` (final
+weights, safetensors) and ``checkpoint/`` (the last finished epoch, for resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from . import data as D
+from .config import DistillConfig, run_metadata
+from .difficulty import difficulty_scores, response_ce, score_dataset, teacher_ce_cached
+from .losses import get_per_token_loss
+from .models import cache_dir, check_pair, load_model, load_tokenizer, resolve_model
+from .updater import dds_quantiles, selection_ratio, stratified_update_with_info, subset_size
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or inf; the step was not taken."""
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _loss_params(cfg: DistillConfig) -> dict:
+    name = cfg.loss.lower()
+    if name == "bdl":
+        return {"lam": cfg.lam}
+    if name in ("skl", "srkl", "skew_kl", "skew_reverse_kl"):
+        return {"alpha": cfg.alpha}
+    return {}
+
+
+def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int):
+    """Per-token training loss for one micro-batch, and the teacher's logits.
+
+    SFT: cross-entropy of the ground-truth token. KD/DA-KD: ``cfg.loss`` between the teacher's and
+    the student's next-token distributions over the shared vocabulary ``[:vocab]``.
+
+    Returns:
+        (``[B, T-1]`` float32 nats, zero off the response mask; teacher logits ``[B, T, V_t]`` or
+        None for SFT).
+    """
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    mask = batch["response_mask"][:, 1:]
+    s_logits = student(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    if cfg.method == "sft":
+        ce = F.cross_entropy(s_logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+        return ce.masked_fill(~mask, 0.0), None
+    with torch.no_grad():
+        t_full = teacher(input_ids=ids, attention_mask=attn).logits
+    fn = get_per_token_loss(cfg.loss)
+    return fn(s_logits[..., :vocab], t_full[:, :-1, :vocab], mask, **_loss_params(cfg)), t_full
+
+
+def length_grouped(order: list[int], lengths: list[int], batch_size: int, generator,
+                   group: int = 16) -> list[list[int]]:
+    """Split a shuffled sample order into batches of similar length, in a random batch order.
+
+    Mega-batches of ``group * batch_size`` consecutive samples are sorted by length and cut into
+    batches (the scheme of transformers' LengthGroupedSampler), so each epoch still sees every
+    sample once, in a seeded order, with far less padding than random batches.
+    """
+    batches = []
+    for s in range(0, len(order), group * batch_size):
+        mega = sorted(order[s:s + group * batch_size], key=lambda i: -lengths[i])
+        batches += [mega[j:j + batch_size] for j in range(0, len(mega), batch_size)]
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
+def epoch_plan(cfg: DistillConfig, n: int) -> list[int]:
+    """Number of samples trained on at each epoch (known before training, for the LR schedule)."""
+    if cfg.method != "dakd" or cfg.selection == "full":
+        return [n] * cfg.epochs
+    return [subset_size(selection_ratio(e, cfg.epochs, cfg.schedule), n) for e in range(cfg.epochs)]
+
+
+def _save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: dict) -> None:
+    """Atomically replace ``out/checkpoint`` with the state after a finished epoch."""
+    if not accelerator.is_main_process:
+        return
+    final, tmp = out / "checkpoint", out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(student).save_pretrained(tmp / "student")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": gen.get_state()}, tmp / "trainer_state.pt")
+    write_json(tmp / "state.json", state)
+    old = out / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
+    """Run one distillation (or SFT) and write its JSON records; returns the train log.
+
+    Method ``sft`` never loads the teacher. ``kd`` trains on all samples every epoch with
+    ``cfg.loss``. ``dakd`` follows Algorithm 1: epoch 0 on all of D; at each later epoch the student's
+    response CE over all of D gives DDS (with the cached teacher CE) and ``cfg.selection`` picks
+    round(r(e) * N) samples.
+
+    Returns:
+        dict with ``filter`` (counts of dropped/truncated samples), ``epochs`` (per-epoch records:
+        ratio, subset size, strata counts, DDS quantiles, mean loss in nats/token, seconds) and
+        ``cost`` (iterations, seconds split into ``dds_seconds`` and ``train_seconds``, tokens seen).
+
+    Raises:
+        NonFiniteLossError: a loss was not finite; the message names the step and sample ids.
+        ValueError: the teacher and student do not share a tokenizer.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    t_start = time.perf_counter()
+    meta = run_metadata(cfg)
+    if accelerator.is_main_process:
+        write_json(out / "config.json", meta | {"num_processes": accelerator.num_processes})
+
+    tok = load_tokenizer(cfg.student, cfg.trust_remote_code)
+    records = D.load_split(cfg.dataset, "train", limit=cfg.train_samples, seed=cfg.seed)
+    examples, report = D.tokenize_records(records, tok, cfg.prompt_style, cfg.max_prompt_length, cfg.max_length)
+    n = len(examples)
+    accelerator.print(f"[dakd] {cfg.method}: {report}")
+
+    ckpt = out / "checkpoint"
+    resumed = resume and (ckpt / "state.json").exists()
+    student = load_model(ckpt / "student" if resumed else cfg.student, cfg.dtype, cfg.trust_remote_code)
+    student.config.use_cache = False
+    teacher, vocab = None, student.get_output_embeddings().weight.shape[0]
+    if cfg.method != "sft":
+        teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
+        vocab = check_pair(load_tokenizer(cfg.teacher, cfg.trust_remote_code), tok, teacher, student)
+
+    plan = epoch_plan(cfg, n)
+    world = accelerator.num_processes
+    total_steps = sum(math.ceil(k / cfg.batch_size) for k in plan)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+    student, opt = accelerator.prepare(student, opt)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    state = {"epochs": [], "cost": {"iterations": 0, "dds_seconds": 0.0, "teacher_ce_seconds": 0.0,
+                                    "train_seconds": 0.0, "tokens_seen": 0, "response_tokens_seen": 0},
+             "filter": report.to_dict(), "num_samples": n, "planned_iterations": total_steps}
+    if resumed:
+        ts = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        opt.load_state_dict(ts["optimizer"])
+        sched.load_state_dict(ts["scheduler"])
+        gen.set_state(ts["generator"])
+        state = json.loads((ckpt / "state.json").read_text())
+        accelerator.print(f"[dakd] resumed after epoch {len(state['epochs'])} from {ckpt}")
+
+    collate = D.DistillCollator(tok.pad_token_id)
+    lengths = [len(e["input_ids"]) for e in examples]
+    teacher_ce = None
+    if resumed and (out / "teacher_ce.pt").exists():
+        teacher_ce = torch.load(out / "teacher_ce.pt", weights_only=True)
+    needs_dds = cfg.method == "dakd" and cfg.selection in ("dds", "top")
+    for epoch in range(len(state["epochs"]), cfg.epochs):
+        ratio = selection_ratio(epoch, cfg.epochs, cfg.schedule) if cfg.method == "dakd" else 1.0
+        rec = {"epoch": epoch, "ratio": ratio, "num_samples": n}
+        t0 = time.perf_counter()
+        if cfg.method == "dakd" and epoch > 0 and needs_dds:
+            if teacher_ce is None:
+                tc0 = time.perf_counter()
+                teacher_ce, hit = teacher_ce_cached(teacher, examples, tok.pad_token_id,
+                                                    cache_dir() / "teacher_ce", resolve_model(cfg.teacher),
+                                                    cfg.micro_batch_size, accelerator)
+                state["cost"]["teacher_ce_seconds"] += time.perf_counter() - tc0
+                rec["teacher_ce_from_cache"] = hit
+            student_ce = score_dataset(student, examples, tok.pad_token_id, cfg.micro_batch_size,
+                                       accelerator, desc=f"DDS epoch {epoch}")
+            scores = difficulty_scores(student_ce, teacher_ce, cfg.dds_eps)
+            rec |= {"dds": dds_quantiles(scores), "student_ce": dds_quantiles(student_ce),
+                    "teacher_ce": dds_quantiles(teacher_ce)}
+        elif cfg.method == "dakd" and epoch > 0:
+            scores = torch.zeros(n)  # random / full selection do not look at scores
+        else:
+            scores = None
+        if scores is None:
+            idx = torch.arange(n)
+        else:
+            sel = stratified_update_with_info(scores, ratio, cfg.tau, gen, cfg.selection)
+            idx = sel.indices
+            rec |= {"n_high": sel.n_high, "n_low": sel.n_low, "dds_threshold": sel.threshold}
+        state["cost"]["dds_seconds"] += time.perf_counter() - t0
+        rec["dds_seconds"] = time.perf_counter() - t0
+        rec["subset_size"] = len(idx)
+        rec["subset_ids"] = [examples[i]["sample_id"] for i in idx.tolist()]
+
+        # training pass over the epoch's subset, in a seeded random order
+        t1 = time.perf_counter()
+        order = idx[torch.randperm(len(idx), generator=gen)].tolist()
+        if cfg.group_by_length:
+            batches = length_grouped(order, lengths, cfg.batch_size, gen)
+        else:
+            batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        # epoch 0 of DA-KD sees all of D with the teacher's logits at hand: its response CE comes
+        # for free there instead of costing a separate teacher pass before epoch 1
+        fill_teacher_ce = needs_dds and epoch == 0 and teacher_ce is None
+        if fill_teacher_ce:
+            teacher_ce_acc = torch.zeros(n)
+        loss_sum, tok_sum, steps = 0.0, 0, 0
+        student.train()
+        bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch}", disable=not accelerator.is_main_process,
+                   leave=False)
+        for gbatch in bar:
+            n_tok = sum(len(examples[i]["input_ids"]) - examples[i]["prompt_length"] for i in gbatch)
+            share = gbatch[accelerator.process_index::world]
+            weight = 1.0
+            if not share:  # keep every process in the collective; this one contributes zero
+                share, weight = gbatch[:1], 0.0
+            micro = [share[j:j + cfg.micro_batch_size] for j in range(0, len(share), cfg.micro_batch_size)]
+            step_loss = torch.zeros((), device=accelerator.device)
+            for j, mb in enumerate(micro):
+                b = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in mb]).items()}
+                ctx = accelerator.no_sync(student) if j < len(micro) - 1 else contextlib.nullcontext()
+                with ctx:
+                    per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab)
+                    if fill_teacher_ce and weight:
+                        teacher_ce_acc[mb] = response_ce(t_logits, b["input_ids"], b["response_mask"]).cpu()
+                    del t_logits
+                    # DDP averages gradients over processes; scaling by world undoes that so the
+                    # step's gradient is the sum over the global batch divided by its token count
+                    loss = per_tok.sum() * (weight * world / max(n_tok, 1))
+                    if not torch.isfinite(loss):
+                        ids = [examples[i]["sample_id"] for i in mb]
+                        raise NonFiniteLossError(
+                            f"non-finite loss {loss.item()} at epoch {epoch}, step {state['cost']['iterations']}, "
+                            f"sample ids {ids}; the step was not taken")
+                    accelerator.backward(loss)
+                step_loss += per_tok.detach().sum() * weight
+            accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step_loss = accelerator.reduce(step_loss, reduction="sum").item()
+            loss_sum += step_loss
+            tok_sum += n_tok
+            steps += 1
+            state["cost"]["iterations"] += 1
+            state["cost"]["tokens_seen"] += sum(len(examples[i]["input_ids"]) for i in gbatch)
+            state["cost"]["response_tokens_seen"] += n_tok
+            bar.set_postfix(loss=f"{step_loss / max(n_tok, 1):.4f}")
+        if fill_teacher_ce:
+            teacher_ce = teacher_ce_acc
+            if world > 1:
+                teacher_ce = accelerator.reduce(teacher_ce.to(accelerator.device), reduction="sum").cpu()
+            if accelerator.is_main_process:
+                torch.save(teacher_ce, out / "teacher_ce.pt")
+        rec |= {"steps": steps, "mean_loss": loss_sum / max(tok_sum, 1), "train_seconds": time.perf_counter() - t1,
+                "lr_end": sched.get_last_lr()[0]}
+        state["cost"]["train_seconds"] += rec["train_seconds"]
+        state["epochs"].append(rec)
+        accelerator.print(f"[dakd] epoch {epoch}: r={ratio:.3f} |D'|={len(idx)} steps={steps} "
+                          f"loss={rec['mean_loss']:.4f} nats/token ({rec['train_seconds']:.1f}s train, "
+                          f"{rec['dds_seconds']:.1f}s DDS)")
+        if cfg.save_checkpoints:
+            _save_checkpoint(out, accelerator, student, opt, sched, gen, state)
+        accelerator.wait_for_everyone()
+
+    cost = state["cost"]
+    cost["total_seconds"] = cost["dds_seconds"] + cost["train_seconds"]
+    cost["dds_share"] = cost["dds_seconds"] / max(cost["total_seconds"], 1e-9)
+    cost["wall_seconds_this_process"] = time.perf_counter() - t_start
+    log = meta | state
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(student).save_pretrained(out / "student")
+        tok.save_pretrained(out / "student")
+        write_json(out / "train_log.json", log)
+    accelerator.wait_for_everyone()
+    return log
+
