@@ -154,7 +154,10 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     accelerator.print(f"[dakd] {cfg.method}: {report}")
 
     ckpt = out / "checkpoint"
-    resumed = resume and (ckpt / "state.json").exists()
+    # only a checkpoint of this very config is resumed: pipeline.run retrains a changed config into
+    # the same folder, where the old run's finished checkpoint would hand back the old weights
+    resumed = (resume and (ckpt / "state.json").exists()
+               and json.loads((ckpt / "state.json").read_text()).get("config_hash") == meta["config_hash"])
     student = load_model(ckpt / "student" if resumed else cfg.student, cfg.dtype, cfg.trust_remote_code)
     student.config.use_cache = False
     teacher, vocab = None, student.get_output_embeddings().weight.shape[0]
@@ -174,7 +177,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
 
     state = {"epochs": [], "cost": {"iterations": 0, "dds_seconds": 0.0, "teacher_ce_seconds": 0.0,
                                     "train_seconds": 0.0, "tokens_seen": 0, "response_tokens_seen": 0},
-             "filter": report.to_dict(), "num_samples": n, "planned_iterations": total_steps}
+             "filter": report.to_dict(), "num_samples": n, "planned_iterations": total_steps,
+             "config_hash": meta["config_hash"]}
     if resumed:
         ts = torch.load(ckpt / "trainer_state.pt", weights_only=True)
         opt.load_state_dict(ts["optimizer"])
