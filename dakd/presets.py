@@ -7,7 +7,6 @@ presets with hub names belong to the baselines issue.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .config import DistillConfig
@@ -56,12 +55,18 @@ def get_preset(name: str, root: str | None = None) -> dict[str, DistillConfig]:
 
 
 def write_papermill_params(name: str, folder: str | Path, root: str | None = None) -> list[Path]:
-    """Write one papermill parameter file (JSON, which is YAML) per run; returns their paths."""
+    """Write one papermill parameter file (YAML) per run; returns their paths.
+
+    ``yaml.safe_dump`` writes floats that YAML reads back as floats (JSON's ``1e-06`` is a string
+    to a YAML 1.1 reader such as papermill's)."""
+    import yaml
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for run, cfg in get_preset(name, root).items():
         path = folder / f"{run}.yaml"
-        path.write_text(json.dumps(cfg.to_dict(), indent=1))
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
         paths.append(path)
     return paths

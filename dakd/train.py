@@ -209,7 +209,9 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                                        accelerator, desc=f"DDS epoch {epoch}")
             scores = difficulty_scores(student_ce, teacher_ce, cfg.dds_eps)
             rec |= {"dds": dds_quantiles(scores), "student_ce": dds_quantiles(student_ce),
-                    "teacher_ce": dds_quantiles(teacher_ce)}
+                    "teacher_ce": dds_quantiles(teacher_ce),
+                    # every sample's DDS, in example order, for the per-epoch distribution figures
+                    "dds_values": [round(v, 5) for v in scores.tolist()]}
         elif cfg.method == "dakd" and epoch > 0:
             scores = torch.zeros(n)  # random / full selection do not look at scores
         else:

