@@ -73,6 +73,16 @@ class DistillConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        # fail at construction, not at epoch 1 after an epoch of training
+        from .data import PROMPT_STYLES
+        from .losses import get_loss
+        from .updater import MODES, SCHEDULES
+
+        get_loss(self.loss)  # ValueError listing the valid names
+        for name, value, valid in (("selection", self.selection, MODES), ("schedule", self.schedule, SCHEDULES),
+                                   ("prompt_style", self.prompt_style, PROMPT_STYLES)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("epochs, batch_size and micro_batch_size must be >= 1")
         if self.max_prompt_length >= self.max_length:

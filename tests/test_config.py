@@ -135,3 +135,11 @@ def test_pipeline_run_writes_results_and_reuses_them(tmp_path, monkeypatch):
     assert load_complete(cfg.replace(lr=cfg.lr * 2)) is None
     with pytest.raises(AssertionError, match="trained again"):
         pipeline.run(cfg.replace(lr=cfg.lr * 2))
+
+
+@pytest.mark.parametrize("field,value", [("loss", "klx"), ("selection", "dds2"), ("schedule", "cos"),
+                                         ("prompt_style", "vicuna")])
+def test_config_rejects_unknown_names_at_construction(field, value):
+    # regression: a typo in `selection` used to fail only at epoch 1, after a full epoch of training
+    with pytest.raises(ValueError, match=field if field != "loss" else "unknown"):
+        DistillConfig(**{field: value})
