@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return the exit status 0;
+    argparse exits with status 2 on bad arguments, and errors of the subcommand propagate."""
     p = argparse.ArgumentParser(prog="python -m dakd.cli")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one run from a config JSON")
