@@ -227,8 +227,10 @@ def format_prompt(record: dict, style: str, tokenizer=None) -> str:
 class FilterReport:
     """What tokenization kept and why it dropped the rest (counts of samples).
 
-    kept == loaded - (empty_response + prompt_too_long + response_truncated_away); `truncated`
-    counts kept samples whose response was cut to fit max_length (not a drop).
+    kept == loaded - (empty_response + prompt_too_long + response_truncated_away). Not drops:
+    `truncated` counts kept samples whose response was cut to fit max_length; `duplicates` counts
+    kept samples whose token ids equal an earlier kept sample's (kept, as MiniLLM's Dolly split
+    is used as it is: it holds 11 such records).
     """
     loaded: int = 0
     kept: int = 0
@@ -236,6 +238,7 @@ class FilterReport:
     prompt_too_long: int = 0
     response_truncated_away: int = 0
     truncated: int = 0
+    duplicates: int = 0
 
     @property
     def dropped(self) -> int:
@@ -248,7 +251,7 @@ class FilterReport:
         return (f"loaded {self.loaded}, kept {self.kept}, dropped {self.dropped} "
                 f"(empty response {self.empty_response}, prompt too long {self.prompt_too_long}, "
                 f"response truncated away {self.response_truncated_away}), "
-                f"truncated {self.truncated}")
+                f"truncated {self.truncated}, duplicates {self.duplicates}")
 
 
 def _prompt_ids(tokenizer, texts, style):
@@ -269,7 +272,10 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
     (`format_prompt`, with the tokenizer's special tokens) longer than `max_prompt_length` tokens
     are dropped (prompt_too_long); response ids are the output's tokens plus ``eos_token_id``. When
     prompt + response exceeds `max_length` tokens the response is cut to fit (truncated; its EOS
-    is then lost); when nothing of it is left the record is dropped (response_truncated_away).
+    is then lost); when nothing of it is left the record is dropped (response_truncated_away). With
+    max_prompt_length < max_length (as DistillConfig requires) at least one response token always
+    remains, so that drop only happens when the limits are passed here directly. A kept sample
+    identical to an earlier one is kept and counted (duplicates).
 
     Returns:
         (examples, report). Each example is ``{"input_ids": list[int] (prompt then response),
@@ -292,7 +298,7 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
     prompts = _prompt_ids(tokenizer, [format_prompt(records[i], style, tokenizer) for i in live], style)
     responses = (tokenizer([records[i]["output"] for i in live], add_special_tokens=False).input_ids
                  if live else [])
-    examples = []
+    examples, seen = [], set()
     for i, p, resp in zip(live, prompts, responses):
         if len(p) > max_prompt_length:
             report.prompt_too_long += 1
@@ -305,6 +311,9 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
         if len(resp) > room:
             resp = resp[:room]
             report.truncated += 1
+        key = tuple(p + resp)
+        report.duplicates += key in seen
+        seen.add(key)
         examples.append({"input_ids": p + resp, "prompt_length": len(p), "sample_id": i,
                          "index": len(examples)})
     report.kept = len(examples)

@@ -60,6 +60,7 @@ def rec(instruction, output, input="", line=1):
 @pytest.mark.parametrize("name, expected", [
     ("not_json.jsonl", "not_json.jsonl:2: not valid JSON"),
     ("missing_output.jsonl", "missing_output.jsonl:3: field 'output': missing"),
+    ("missing_instruction.jsonl", "missing_instruction.jsonl:2: field 'instruction': missing"),
     ("wrong_type.jsonl", "wrong_type.jsonl:2: field 'output': expected str, got int"),
     ("empty.jsonl", "empty.jsonl: no records"),
     ("not_utf8.jsonl", "not_utf8.jsonl:2: not UTF-8 (byte 0xe9"),
@@ -116,9 +117,38 @@ def test_duplicates_are_kept_and_counted(tok):
     records = data.load_jsonl(BAD / "duplicates.jsonl")
     assert len(records) == 3 and records[0]["output"] == records[1]["output"]
     examples, report = data.tokenize_records(records, tok, "alpaca")
-    assert report.loaded == 3 and report.kept == 3
+    assert report.loaded == 3 and report.kept == 3 and report.duplicates == 1 and report.dropped == 0
     assert examples[0]["input_ids"] == examples[1]["input_ids"]
     assert [e["sample_id"] for e in examples] == [0, 1, 2]
+    assert "duplicates 1" in str(report)
+
+
+@pytest.mark.parametrize("style", ["alpaca", "chatml"])
+def test_prompt_over_the_limit_is_dropped_and_counted(tok, style):
+    records = data.load_jsonl(BAD / "long_prompt.jsonl")
+    assert len(tok(data.format_prompt(records[1], style, tok)).input_ids) > 256
+    examples, report = data.tokenize_records(records, tok, style, max_prompt_length=256, max_length=512)
+    assert (report.loaded, report.kept, report.prompt_too_long, report.dropped) == (2, 1, 1, 1)
+    assert [e["sample_id"] for e in examples] == [0]
+
+
+def test_long_response_is_cut_to_max_length_and_counted_not_dropped(tok):
+    records = data.load_jsonl(BAD / "long_response.jsonl")
+    full = len(tok(records[0]["output"]).input_ids) + 1  # + EOS
+    [ex], report = data.tokenize_records(records, tok, "alpaca", max_prompt_length=256, max_length=512)
+    assert ex["prompt_length"] + full > 512
+    assert (report.kept, report.truncated, report.dropped) == (1, 1, 0)
+    assert len(ex["input_ids"]) == 512 and ex["input_ids"][-1] != tok.eos_token_id
+
+
+def test_response_keeps_at_least_one_token_at_the_tightest_valid_limits(tok):
+    # "response entirely truncated away" cannot happen in training: DistillConfig requires
+    # max_prompt_length < max_length, so a kept prompt always leaves room for one response token
+    records = data.load_jsonl(BAD / "long_response.jsonl")
+    p = len(tok(data.format_prompt(records[0], "alpaca")).input_ids)
+    [ex], report = data.tokenize_records(records, tok, "alpaca", max_prompt_length=p, max_length=p + 1)
+    assert len(ex["input_ids"]) - ex["prompt_length"] == 1
+    assert report.response_truncated_away == 0 and report.truncated == 1
 
 
 def test_empty_responses_load_then_are_dropped_and_counted(tok):
@@ -209,7 +239,8 @@ def test_filtering_counts_and_invariant(tok):
     examples, report = data.tokenize_records(records, tok, "alpaca", max_prompt_length=max_prompt,
                                              max_length=p_story + 5)
     assert report.to_dict() == {"loaded": 4, "kept": 2, "empty_response": 1, "prompt_too_long": 1,
-                                "response_truncated_away": 0, "truncated": 1, "dropped": 2}
+                                "response_truncated_away": 0, "truncated": 1, "duplicates": 0,
+                                "dropped": 2}
     assert report.kept == report.loaded - report.dropped
     story = examples[1]
     assert story["sample_id"] == 3 and story["index"] == 1
