@@ -109,28 +109,17 @@ def _check_str(path, line, field, value, allow_list=False):
     raise _fail(path, line, f"expected {want}, got {type(value).__name__}", field)
 
 
-def load_jsonl(path, required=("instruction", "output"), allow_list_output=False) -> list[dict]:
-    """Read an instruction JSONL file into normalised records, checking every line.
-
-    Each record becomes ``{"instruction": str, "input": str ("" when absent), "output": str |
-    list[str], "line": int (1-based), "file": str (path as given)}``; other fields (``prompt``,
-    ``topic``, ...) are checked where known and then dropped: prompts are rebuilt by
-    `format_prompt`. Duplicates are kept. Empty responses are kept (dropped later, counted).
-
-    Args:
-        required: fields every record must have.
-        allow_list_output: accept ``output`` as a non-empty list of str (eval sets with several
-            references, e.g. S-NI).
+def read_json_objects(path):
+    """Yield ``(line number, dict)`` for every record of a JSONL file (line 1-based), checking the
+    container only (fields are the caller's business): UTF-8, one JSON object per line, blank lines
+    only at the end; a leading BOM is ignored. Used by `load_jsonl` and `dakd.tasks.load_task`.
 
     Raises:
-        DataError: bytes that are not UTF-8, a line that is not JSON or not a JSON object, a
-            missing required field, a field of the wrong type (``instruction``, ``input``,
-            ``prompt`` must be str; ``output`` str, or list of str when allowed), a blank line
-            followed by more records, or a file with no records. The message names file, line and
-            field.
+        DataError: bytes that are not UTF-8, a line that is not JSON or not a JSON object, or a
+            blank line followed by more records; the message names file and line.
         FileNotFoundError: `path` does not exist.
     """
-    records, blank = [], None
+    blank = None
     with open(path, "rb") as f:  # bytes, so a bad byte is reported with its line
         for n, raw in enumerate(f, start=1):
             try:
@@ -152,16 +141,42 @@ def load_jsonl(path, required=("instruction", "output"), allow_list_output=False
                 raise _fail(path, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise _fail(path, n, f"expected a JSON object, got {type(obj).__name__}")
-            for key in required:
-                if key not in obj:
-                    raise _fail(path, n, "missing", key)
-            for key in ("instruction", "input", "prompt"):
-                if key in obj:
-                    _check_str(path, n, key, obj[key])
-            if "output" in obj:
-                _check_str(path, n, "output", obj["output"], allow_list=allow_list_output)
-            records.append({"instruction": obj.get("instruction", ""), "input": obj.get("input", ""),
-                            "output": obj.get("output", ""), "line": n, "file": str(path)})
+            yield n, obj
+
+
+def load_jsonl(path, required=("instruction", "output"), allow_list_output=False) -> list[dict]:
+    """Read an instruction JSONL file into normalised records, checking every line.
+
+    Each record becomes ``{"instruction": str, "input": str ("" when absent), "output": str |
+    list[str], "line": int (1-based), "file": str (path as given)}``; other fields (``prompt``,
+    ``topic``, ...) are checked where known and then dropped: prompts are rebuilt by
+    `format_prompt`. Duplicates are kept. Empty responses are kept (dropped later, counted).
+
+    Args:
+        required: fields every record must have.
+        allow_list_output: accept ``output`` as a non-empty list of str (eval sets with several
+            references, e.g. S-NI).
+
+    Raises:
+        DataError: bytes that are not UTF-8, a line that is not JSON or not a JSON object, a
+            missing required field, a field of the wrong type (``instruction``, ``input``,
+            ``prompt`` must be str; ``output`` str, or list of str when allowed), a blank line
+            followed by more records, or a file with no records. The message names file, line and
+            field.
+        FileNotFoundError: `path` does not exist.
+    """
+    records = []
+    for n, obj in read_json_objects(path):
+        for key in required:
+            if key not in obj:
+                raise _fail(path, n, "missing", key)
+        for key in ("instruction", "input", "prompt"):
+            if key in obj:
+                _check_str(path, n, key, obj[key])
+        if "output" in obj:
+            _check_str(path, n, "output", obj["output"], allow_list=allow_list_output)
+        records.append({"instruction": obj.get("instruction", ""), "input": obj.get("input", ""),
+                        "output": obj.get("output", ""), "line": n, "file": str(path)})
     if not records:
         raise _fail(path, None, "no records (the file is empty or holds only blank lines)")
     return records
