@@ -1,9 +1,13 @@
-"""Evaluation by the MiniLLM/DistiLLM protocol the paper follows (METHOD.md section 5).
+"""Evaluation by the MiniLLM/DistiLLM protocol the paper follows (METHOD.md section 5), on the five
+instruction-following sets of Table 1 and the task-specific SAMSum and GSM8K of Table 2 (loading,
+prompts and metrics of each set: `dakd.tasks`).
 
 Responses are sampled (temperature 1.0, top-p 1.0, top-k 0, no-repeat-ngram 6) with seeds
 10, 20, 30, 40, 50, and scored with ROUGE-L F1 from ``rouge_score`` (stemming on, max over the
 references, x100); the reported number is the mean over seeds. Prompts are generated in batches,
 left-padded and grouped by length so that little compute goes to padding; the KV cache is on.
+With an accelerator of several processes the prompts are split between them and the scores
+gathered (data-parallel evaluation, `evaluate_model`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from . import data as D
+from . import tasks as T
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -77,32 +82,103 @@ def generate(model, tokenizer, prompts: list[str], seed: int | None, max_new_tok
 
 
 def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str = "alpaca",
-                   seeds=(10, 20, 30, 40, 50), limit: int | None = None, max_new_tokens: int = 256,
-                   batch_size: int = 8, max_prompt_length: int = 256, keep_generations: int = 20) -> dict:
-    """ROUGE-L of ``model`` on the test split of ``dataset``, per seed and averaged.
+                   seeds=(10, 20, 30, 40, 50), limit: int | None = None, max_new_tokens: int | None = None,
+                   batch_size: int = 8, max_prompt_length: int = 256, keep_generations: int = 20,
+                   accelerator=None) -> dict:
+    """Score ``model`` on the test split of ``dataset`` (any of `tasks.EVAL_SETS`), per seed and averaged.
+
+    The five instruction sets (dolly, self_instruct, vicuna, sinst, uinst) and SAMSum are scored
+    by ROUGE-L (MiniLLM/DistiLLM protocol, METHOD.md 5); GSM8K by zero-shot accuracy of the last
+    number, decoded greedily once (`dakd.tasks` documents prompts, extraction and lengths).
+
+    Data-parallel: with an ``accelerator`` of several processes, process r generates and scores
+    prompts r, r + W, r + 2W, ... (W processes); the shares are gathered with
+    ``accelerate.utils.gather_object`` and put back in prompt order, so every prompt is scored
+    exactly once and every process returns the same dict. Each process seeds its own sampler with
+    the same seed, so sampled text depends on W and on ``batch_size`` (greedy text does not, up to
+    float round-off from padding).
 
     Args:
+        seeds: one sampled generation pass per seed (T 1.0, top-p 1.0, top-k 0); a ``None`` seed
+            means greedy decoding. Ignored for sets decoded greedily (GSM8K): one greedy pass.
         limit: evaluate the first ``limit`` test records (None: all).
+        max_new_tokens: tokens per response; None: the set's default (`tasks.EvalSpec`).
         keep_generations: how many (prompt, reference, response) triples of the first seed to keep.
+        accelerator: an ``accelerate.Accelerator`` to split the prompts over its processes; the
+            model must already be on ``accelerator.device``. None: this process does everything.
 
     Returns:
-        dict with ``rougeL`` (mean over seeds), ``rougeL_std`` (over seeds), ``per_seed``
-        ({seed: mean ROUGE-L}), ``num_prompts``, ``filter`` (prompts dropped for length),
-        ``seconds``, ``generated_tokens``, ``examples``.
+        dict with ``metric`` ("rougeL" or "accuracy"), ``score`` (mean over seeds of the mean
+        per-prompt score, 0-100) and ``score_std`` (over seeds), the same two under the metric's
+        own name (``rougeL``/``rougeL_std`` or ``accuracy``/``accuracy_std``), ``per_seed``
+        ({str(seed) or "greedy": mean score}), ``prompt_ids`` (positions in the loaded test
+        records of the scored prompts, ascending), ``per_prompt`` ({seed key: [score per prompt, in
+        prompt_ids order]}), ``num_prompts``, ``num_processes``, ``decoding``,
+        ``max_new_tokens``, ``filter`` (prompts dropped for length), ``subset_note`` (where the
+        local file is only part of the paper's set, else None), ``reference_filter``,
+        ``seconds``, ``generated_tokens`` (all processes), ``examples``.
+
+    Raises:
+        ValueError: unknown dataset; and as `tasks.load_eval_records`.
     """
-    records = D.load_split(dataset, "test", limit=limit, allow_list_output=True)
-    prompts, refs, report = D.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
+    spec = T.eval_spec(dataset)
+    records = T.load_eval_records(dataset, limit)
+    prompts, _, report = D.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
+    kept = _kept_positions(records, prompts, prompt_style, tokenizer)
+    refs = [T.references(dataset, records[i]) for i in kept]
+    score = _scorer(spec.metric)
+    if spec.greedy:
+        seeds = (None,)
+    max_new_tokens = max_new_tokens or spec.max_new_tokens
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, len(prompts), world))
     t0 = time.perf_counter()
-    per_seed, examples, stats = {}, [], {"generated_tokens": 0}
+    per_seed, per_prompt, examples, tokens = {}, {}, [], 0
     for seed in seeds:
-        outs = generate(model, tokenizer, prompts, seed, max_new_tokens, batch_size,
-                        desc=f"{dataset} seed {seed}", stats=stats)
-        per_seed[str(seed)] = statistics.fmean(rouge_l(o, r) for o, r in zip(outs, refs))
+        key = "greedy" if seed is None else str(seed)
+        stats = {"generated_tokens": 0}
+        outs = generate(model, tokenizer, [prompts[i] for i in mine], seed, max_new_tokens, batch_size,
+                        desc=f"{dataset} {key}", stats=stats)
+        rows = [(i, o, score(o, refs[i])) for i, o in zip(mine, outs)]
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+            stats = {"generated_tokens": sum(s["generated_tokens"] for s in gather_object([stats]))}
+        rows.sort(key=lambda r: r[0])
+        if [r[0] for r in rows] != list(range(len(prompts))):  # the exactly-once guarantee
+            raise RuntimeError(f"{dataset}: gathered {len(rows)} scores for {len(prompts)} prompts")
+        tokens += stats["generated_tokens"]
+        per_prompt[key] = [round(r[2], 4) for r in rows]
+        per_seed[key] = statistics.fmean(r[2] for r in rows) if rows else float("nan")
         if not examples:
-            examples = [{"prompt": p, "references": r, "response": o}
-                        for p, r, o in list(zip(prompts, refs, outs))[:keep_generations]]
+            examples = [{"prompt": prompts[i], "references": refs[i], "response": o}
+                        for i, o, _ in rows[:keep_generations]]
     vals = list(per_seed.values())
-    return {"dataset": dataset, "rougeL": statistics.fmean(vals),
-            "rougeL_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "per_seed": per_seed, "num_prompts": len(prompts), "filter": report.to_dict(),
-            "seconds": time.perf_counter() - t0, "generated_tokens": stats["generated_tokens"], "examples": examples}
+    mean, std = statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"dataset": dataset, "metric": spec.metric, "score": mean, "score_std": std,
+            spec.metric: mean, f"{spec.metric}_std": std, "per_seed": per_seed,
+            "prompt_ids": kept, "per_prompt": per_prompt, "num_prompts": len(prompts),
+            "num_processes": world, "decoding": "greedy" if seeds == (None,) else "sampled",
+            "max_new_tokens": max_new_tokens, "filter": report.to_dict(), "subset_note": spec.subset_note,
+            "reference_filter": spec.reference_filter, "seconds": time.perf_counter() - t0,
+            "generated_tokens": tokens, "examples": examples}
+
+
+def _scorer(metric: str):
+    if metric == "accuracy":
+        return lambda out, gold: 100.0 * T.gsm8k_correct(out, gold)
+    return rouge_l
+
+
+def _kept_positions(records: list[dict], prompts: list[str], style: str, tokenizer) -> list[int]:
+    """Positions in ``records`` of the prompts `data.prompts_for_generation` kept (it keeps record
+    order and drops by length only, so equal texts are kept or dropped together)."""
+    kept, j = [], 0
+    for i, r in enumerate(records):
+        if j < len(prompts) and D.format_prompt(r, style, tokenizer) == prompts[j]:
+            kept.append(i)
+            j += 1
+    if j != len(prompts):
+        raise RuntimeError("could not match the generation prompts to their records")
+    return kept

@@ -22,12 +22,37 @@ def paper_tables() -> dict:
     return json.loads((Path(__file__).parent / "paper_tables.json").read_text())
 
 
-def paper_dolly(student: str) -> dict[str, float]:
-    """Table 1's DollyEval ROUGE-L by method for one student (the teacher row is Llama2-7B's)."""
+# our evaluation set -> its column in the paper's Table 1, in the paper's column order
+TABLE1_COLUMNS = {"dolly": "Dolly", "self_instruct": "SelfInst", "sinst": "S-NI", "uinst": "UnNI",
+                  "vicuna": "Vicuna"}
+
+
+def paper_table1(student: str, column: str = "Dolly") -> dict[str, float]:
+    """Table 1's ROUGE-L (mean of 5 seeds, x100) by method for one student, in one column.
+
+    Args:
+        student: "Sheared-LLaMA-2.7B", "Sheared-LLaMA-1.3B", "Qwen2.5-1.5B" or "Qwen2.5-0.5B";
+            the "Teacher" entry is that student's teacher (Llama2-7B or Qwen2.5-7B).
+        column: "Dolly", "SelfInst", "S-NI", "UnNI", "Vicuna" or "Avg" (the paper's mean of the five).
+
+    Raises:
+        ValueError: unknown student or column.
+    """
     rows = paper_tables()["table1_task_agnostic_rougeL_mean_of_5_seeds"]
-    out = {r["method"]: r["Dolly"] for r in rows if r["student"] == student}
-    out["Teacher"] = next(r["Dolly"] for r in rows if r["method"] == "Teacher" and r["teacher"] == "Llama2-7B")
+    mine = [r for r in rows if r["student"] == student and r["method"] != "Teacher"]
+    if not mine:
+        raise ValueError(f"no Table 1 rows for student {student!r}; known: "
+                         f"{sorted({r['student'] for r in rows if r['method'] != 'Teacher'})}")
+    if column not in mine[0]:
+        raise ValueError(f"Table 1 has no column {column!r}; known: {[*TABLE1_COLUMNS.values(), 'Avg']}")
+    out = {r["method"]: r[column] for r in mine}
+    out["Teacher"] = next(r[column] for r in rows if r["method"] == "Teacher" and r["teacher"] == mine[0]["teacher"])
     return out
+
+
+def paper_dolly(student: str) -> dict[str, float]:
+    """Table 1's DollyEval ROUGE-L by method for one student (the teacher row is its teacher's)."""
+    return paper_table1(student, "Dolly")
 
 
 _ORDER = {"teacher": 0, "sft": 1, "kd": 2, "dakd": 3}
@@ -71,6 +96,39 @@ def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
     df = pd.DataFrame(rows).set_index("run")
     df["ours - paper (1.3B)"] = df["ROUGE-L"] - df["paper 7B->1.3B"]
     return df
+
+
+def table1(runs: dict[str, dict], student: str = "Sheared-LLaMA-1.3B") -> pd.DataFrame:
+    """Table 1 layout: one row per run, ROUGE-L (x100, mean over seeds) on every instruction set
+    any run was evaluated on, each followed by the paper's value for the same method and
+    ``student`` and our difference from it; then ``Avg`` over those sets, the paper's mean over the
+    same sets (the published Avg when all five are present) and the difference.
+
+    A run missing a set gets NaN there and in ``Avg``. UnNI's column is named "UnNI (prefix)" when
+    the evaluation records a ``subset_note`` (the offline file is the first 1,270 records of the
+    paper's set); the note itself is in every run's ``results.json``.
+    """
+    present = [ds for ds in TABLE1_COLUMNS if any(ds in r["eval"] for r in runs.values())]
+    paper = {ds: paper_table1(student, TABLE1_COLUMNS[ds]) for ds in present}
+    cols = {ds: TABLE1_COLUMNS[ds] + (" (prefix)" if any(r["eval"].get(ds, {}).get("subset_note")
+                                                         for r in runs.values()) else "")
+            for ds in present}
+    rows = []
+    for name, r in runs.items():
+        label, row = r["label"], {"run": name, "method": r["label"]}
+        ours, theirs = [], []
+        for ds in present:
+            ev, col = r["eval"].get(ds), cols[ds]
+            row[col] = ev["rougeL"] if ev else float("nan")
+            row[f"{col} paper"] = paper[ds].get(label, float("nan"))
+            row[f"{col} diff"] = row[col] - row[f"{col} paper"]
+            ours.append(row[col])
+            theirs.append(row[f"{col} paper"])
+        row["Avg"] = sum(ours) / len(ours) if ours else float("nan")
+        row["Avg paper"] = sum(theirs) / len(theirs) if theirs else float("nan")
+        row["Avg diff"] = row["Avg"] - row["Avg paper"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
 def epoch_table(runs: dict[str, dict]) -> pd.DataFrame:

@@ -1,0 +1,184 @@
+"""Evaluation sets and their metrics: the five instruction-following sets of the paper's Table 1
+(MiniLLM protocol) and the two task-specific sets of Table 2, SAMSum and GSM8K.
+
+Every set is turned into the instruction records of `dakd.data` (``instruction``, ``input``,
+``output``, ``line``, ``file``), so prompts come from the same templates (`data.format_prompt`) as
+for training. What the paper leaves open for SAMSum and GSM8K (METHOD.md 6.3) is decided here:
+
+- SAMSum (ROUGE-L of the summary, as the instruction sets): instruction ``"Summarize this
+  dialogue."``, the dialogue as input, the reference summary as output; sampled like the
+  instruction sets (MiniLLM protocol: T 1.0, top-p 1.0, top-k 0, one run per seed); at most 128 new
+  tokens (the test summaries are one to three sentences, well under 100 tokens).
+- GSM8K (zero-shot accuracy, %): the question alone is the instruction (no examples, no extra
+  wording), so the prompt is the one a student distilled on GSM8K's training answers was trained
+  with; greedy decoding (one run, whatever seeds are asked for: accuracy is reported for the
+  model's most likely answer); at most 256 new tokens (the reference solutions stay under ~200).
+  The prediction is the last number in the generated text (commas removed, an optional minus sign
+  and decimals kept); it is correct when it equals, as a number, the one after ``####`` in the
+  reference answer. The record's ``output`` is the reference solution verbatim (with its
+  ``<<48/2=24>>`` calculator annotations) for use as a training target.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from . import data as D
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How one evaluation set is loaded, decoded and scored.
+
+    metric: ``"rougeL"`` (ROUGE-L F1 x 100, best reference) or ``"accuracy"`` (% exact number).
+    paper_column: the column name in the paper's tables (Table 1: Dolly ... Vicuna; Table 2).
+    max_new_tokens: the default generation length in tokens (the caller may override it).
+    greedy: decode greedily once instead of sampling once per seed.
+    subset_note: set when the local file is only part of the set the paper evaluated on.
+    reference_filter: which reference-length filter applies, and whether it is applied here.
+    """
+    metric: str
+    paper_column: str
+    max_new_tokens: int = 256
+    greedy: bool = False
+    subset_note: str | None = None
+    reference_filter: str | None = None
+
+
+_MINILLM_11 = ("none applied here: the file is MiniLLM's `11_` subset already (references of >= 11 "
+               "GPT-2 tokens, METHOD.md 5), so every record is kept")
+EVAL_SETS = {
+    "dolly": EvalSpec("rougeL", "Dolly"),
+    "self_instruct": EvalSpec("rougeL", "SelfInst"),
+    "vicuna": EvalSpec("rougeL", "Vicuna"),
+    "sinst": EvalSpec("rougeL", "S-NI", reference_filter=_MINILLM_11),
+    "uinst": EvalSpec("rougeL", "UnNI", reference_filter=_MINILLM_11,
+                      subset_note="prefix: first 1,270 of ~5,400 records of MiniLLM uinst/11_ "
+                                  "(valid.jsonl, file order; not a random sample)"),
+    "samsum": EvalSpec("rougeL", "SAMSum", max_new_tokens=128),
+    "gsm8k": EvalSpec("accuracy", "GSM8K", max_new_tokens=256, greedy=True),
+}
+
+# task-specific sets: split -> path under data.data_dir(), and the fields every record must have
+TASK_FILES = {
+    "samsum": {"train": "samsum/train.jsonl", "dev": "samsum/val.jsonl", "test": "samsum/test.jsonl"},
+    "gsm8k": {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+}
+_TASK_FIELDS = {"samsum": ("id", "summary", "dialogue"), "gsm8k": ("question", "answer")}
+SAMSUM_INSTRUCTION = "Summarize this dialogue."
+
+# an optional minus sign not glued to a preceding digit ("5-3" holds 5 and 3), digits with
+# optional thousands commas, optional decimals
+_NUMBER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def eval_spec(dataset: str) -> EvalSpec:
+    """The `EvalSpec` of ``dataset``.
+
+    Raises:
+        ValueError: unknown dataset (the message lists the known ones).
+    """
+    if dataset not in EVAL_SETS:
+        raise ValueError(f"unknown evaluation set {dataset!r}; known: {sorted(EVAL_SETS)}")
+    return EVAL_SETS[dataset]
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` as a float (commas removed), or None if there is none.
+
+    ``"so 1,250 - 50 = 1,200."`` gives 1200.0; ``"-3.5"`` gives -3.5; ``"5-3"`` gives 3.0.
+    """
+    found = _NUMBER.findall(text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def gsm8k_gold(answer: str) -> float:
+    """The reference number of a GSM8K answer: what follows the last ``####``.
+
+    Raises:
+        ValueError: no ``####`` or no number after it.
+    """
+    if "####" not in answer:
+        raise ValueError("a GSM8K answer must end in '#### <number>'")
+    value = last_number(answer.rsplit("####", 1)[1])
+    if value is None:
+        raise ValueError(f"no number after '####' in {answer[-40:]!r}")
+    return value
+
+
+def gsm8k_correct(prediction: str, gold: float) -> bool:
+    """True when the last number of ``prediction`` equals ``gold`` (relative tolerance 1e-9)."""
+    pred = last_number(prediction)
+    return pred is not None and math.isclose(pred, gold, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
+    """Load a task-specific split as instruction records (see the module docstring for the format).
+
+    SAMSum: ``{"instruction": SAMSUM_INSTRUCTION, "input": dialogue, "output": summary, "id": str}``;
+    GSM8K: ``{"instruction": question, "input": "", "output": answer (verbatim), "answer": float
+    (the number after ####)}``; both with ``line`` (1-based) and ``file``.
+
+    Args:
+        limit: keep the first ``limit`` records (>= 1; None keeps all).
+
+    Raises:
+        ValueError: unknown task or split, or limit < 1.
+        DataError: a malformed line (as `data.load_jsonl`), a missing field, a field that is not a
+            str, or a GSM8K answer without ``#### <number>``; the message names file, line, field.
+        FileNotFoundError: the file is missing.
+    """
+    if name not in TASK_FILES:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASK_FILES)}")
+    if split not in TASK_FILES[name]:
+        raise ValueError(f"task {name!r} has no split {split!r}; it has {sorted(TASK_FILES[name])}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    path = D.data_dir() / TASK_FILES[name][split]
+    records = []
+    for n, obj in D.read_json_objects(path):
+        for key in _TASK_FIELDS[name]:
+            if key not in obj:
+                raise D._fail(path, n, "missing", key)
+            D._check_str(path, n, key, obj[key])
+        if name == "samsum":
+            rec = {"instruction": SAMSUM_INSTRUCTION, "input": obj["dialogue"], "output": obj["summary"],
+                   "id": obj["id"]}
+        else:
+            try:
+                gold = gsm8k_gold(obj["answer"])
+            except ValueError as e:
+                raise D._fail(path, n, str(e), "answer") from None
+            rec = {"instruction": obj["question"], "input": "", "output": obj["answer"], "answer": gold}
+        records.append(rec | {"line": n, "file": str(path)})
+        if limit is not None and len(records) == limit:
+            break
+    if not records:
+        raise D._fail(path, None, "no records (the file is empty or holds only blank lines)")
+    return records
+
+
+def load_eval_records(dataset: str, limit: int | None = None) -> list[dict]:
+    """The test records of any evaluation set, first ``limit`` of them (None: all).
+
+    Instruction sets come from `data.load_split` (list-valued ``output`` allowed, S-NI), the
+    task-specific ones from `load_task`.
+
+    Raises:
+        ValueError: unknown dataset; and as `data.load_split` / `load_task`.
+    """
+    eval_spec(dataset)
+    if dataset in TASK_FILES:
+        return load_task(dataset, "test", limit)
+    return D.load_split(dataset, "test", limit=limit, allow_list_output=True)
+
+
+def references(dataset: str, record: dict) -> list[str] | float:
+    """What a response is scored against: the list of reference texts (ROUGE-L sets) or the gold
+    number (GSM8K)."""
+    if eval_spec(dataset).metric == "accuracy":
+        return record["answer"]
+    out = record["output"]
+    return [out] if isinstance(out, str) else list(out)
