@@ -102,7 +102,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
         seeds: one sampled generation pass per seed (T 1.0, top-p 1.0, top-k 0); a ``None`` seed
             means greedy decoding. Ignored for sets decoded greedily (GSM8K): one greedy pass.
         limit: evaluate the first ``limit`` test records (None: all).
-        max_new_tokens: tokens per response; None: the set's default (`tasks.EvalSpec`).
+        max_new_tokens: tokens per response; None: the set's own (`tasks.EvalSpec`), else 256.
         keep_generations: how many (prompt, reference, response) triples of the first seed to keep.
         accelerator: an ``accelerate.Accelerator`` to split the prompts over its processes; the
             model must already be on ``accelerator.device``. None: this process does everything.
@@ -129,7 +129,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
     score = _scorer(spec.metric)
     if spec.greedy:
         seeds = (None,)
-    max_new_tokens = max_new_tokens or spec.max_new_tokens
+    max_new_tokens = max_new_tokens or spec.max_new_tokens or 256
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = list(range(rank, len(prompts), world))
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
     return {"dataset": dataset, "metric": spec.metric, "score": mean, "score_std": std,
             spec.metric: mean, f"{spec.metric}_std": std, "per_seed": per_seed,
             "prompt_ids": kept, "per_prompt": per_prompt, "num_prompts": len(prompts),
-            "num_processes": world, "decoding": "greedy" if seeds == (None,) else "sampled",
+            "num_processes": world, "decoding": "greedy" if all(s is None for s in seeds) else "sampled",
             "max_new_tokens": max_new_tokens, "filter": report.to_dict(), "subset_note": spec.subset_note,
             "reference_filter": spec.reference_filter, "seconds": time.perf_counter() - t0,
             "generated_tokens": tokens, "examples": examples}

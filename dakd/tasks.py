@@ -34,14 +34,16 @@ class EvalSpec:
 
     metric: ``"rougeL"`` (ROUGE-L F1 x 100, best reference) or ``"accuracy"`` (% exact number).
     paper_column: the column name in the paper's tables (Table 1: Dolly ... Vicuna; Table 2).
-    max_new_tokens: the default generation length in tokens (the caller may override it).
+    max_new_tokens: the set's own generation length in tokens, or None where the run's
+        ``max_new_tokens`` decides (the instruction sets); a run's setting caps it
+        (`pipeline.evaluate_run`), a direct caller of `evaluate.evaluate_model` may override it.
     greedy: decode greedily once instead of sampling once per seed.
     subset_note: set when the local file is only part of the set the paper evaluated on.
     reference_filter: which reference-length filter applies, and whether it is applied here.
     """
     metric: str
     paper_column: str
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None
     greedy: bool = False
     subset_note: str | None = None
     reference_filter: str | None = None
