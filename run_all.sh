@@ -5,6 +5,8 @@
 #   ./run_all.sh --preset NAME        run another preset (cpu, tiny)
 #   ./run_all.sh --preset NAME --gpus N   train each run in N processes via `accelerate launch`
 #                                     (on a machine without GPUs: N gloo processes on the CPU)
+#   ./run_all.sh --preset NAME --gpus N --accelerate-config configs/accelerate/fsdp.yaml
+#                                     launch with that accelerate config (ddp, fsdp, deepspeed_zero2/3)
 # Executed notebooks, JSON results and HTML renderings go to runs/<preset>/, figures to figures/<preset>/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,7 +17,11 @@ while [ $# -gt 0 ]; do
     test) mode=test ;;
     --preset) preset="$2"; shift ;;
     --gpus) gpus="$2"; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --accelerate-config)
+      [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
+      # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
+      export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
   shift

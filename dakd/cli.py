@@ -1,6 +1,7 @@
 """Command line entry points used by ``run_all.sh`` and ``accelerate launch``.
 
     python -m dakd.cli train --config request.json       # one training (any number of processes)
+    python -m dakd.cli evaluate --config request.json --out eval.json  # data-parallel evaluation
     python -m dakd.cli preset-params cpu runs/cpu/params  # one papermill YAML per run of a preset
     python -m dakd.cli preset-runs cpu                    # the run names of a preset, one per line
 """
@@ -19,6 +20,10 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one run from a config JSON")
     t.add_argument("--config", required=True)
+    e = sub.add_parser("evaluate", help="evaluate one run's model on its eval_datasets (data-parallel "
+                                        "under accelerate launch); the main process writes --out")
+    e.add_argument("--config", required=True)
+    e.add_argument("--out", required=True)
     pp = sub.add_parser("preset-params", help="write one papermill parameter file per run of a preset")
     pp.add_argument("preset")
     pp.add_argument("folder")
@@ -30,6 +35,19 @@ def main(argv=None) -> int:
         from .train import train
 
         train(DistillConfig.from_dict(json.loads(Path(a.config).read_text())))
+    elif a.cmd == "evaluate":
+        import torch
+        from accelerate import Accelerator
+
+        from .config import DistillConfig
+        from .pipeline import evaluate_run
+        from .train import write_json
+
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        evals = evaluate_run(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), acc)
+        if acc.is_main_process:
+            write_json(a.out, evals)
+        acc.wait_for_everyone()
     elif a.cmd == "preset-params":
         from .presets import write_papermill_params
 
