@@ -163,14 +163,17 @@ cfg = DistillConfig.from_dict(fields)
 print(f"{pipeline.method_label(cfg)}: config {cfg.config_hash()} -> {cfg.output_dir}")"""),
     code("""res = pipeline.run(cfg, num_processes=num_processes, cpu=cpu)"""),
     code("""ev = res["eval"]
-pd.DataFrame([{"dataset": d, "ROUGE-L": e["rougeL"], "std over seeds": e["rougeL_std"], "prompts": e["num_prompts"],
-               "seeds": len(e["per_seed"]), "eval seconds": round(e["seconds"], 1)} for d, e in ev.items()])"""),
+# .get: a reused results.json written before SAMSum/GSM8K support has ROUGE-L only
+pd.DataFrame([{"dataset": d, "metric": e.get("metric", "rougeL"), "score": e.get("score", e.get("rougeL")),
+               "std over seeds": e.get("score_std", e.get("rougeL_std")), "prompts": e["num_prompts"],
+               "seeds": len(e["per_seed"]), "processes": e.get("num_processes", 1),
+               "eval seconds": round(e["seconds"], 1), "note": e.get("subset_note") or ""} for d, e in ev.items()])"""),
     code("""runs = {Path(cfg.output_dir).name: results.collect(Path(cfg.output_dir).parent)[Path(cfg.output_dir).name]}
 if res.get("cost"):
     print(json.dumps(res["cost"], indent=1))
     display(results.epoch_table(runs))
 for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
-    print("PROMPT:", ex["prompt"][-300:], "\\nREFERENCE:", ex["references"][0][:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
+    print("PROMPT:", ex["prompt"][-300:], "\\nREFERENCE:", str(ex["references"])[:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
 ])
 
 results_nb = nb([
@@ -196,6 +199,11 @@ runs = results.collect(run_root)
 print(f"{len(runs)} finished runs in {run_root}: {', '.join(runs)}")
 table = results.method_table(runs, dataset)
 table.round(2)"""),
+    code("""# Table 1 layout: ROUGE-L on every instruction set the runs were evaluated on, each with the paper's
+# value for the same method (Llama2-7B -> table1_student) and our difference; UnNI marked "(prefix)"
+table1_student = "Sheared-LLaMA-1.3B"
+table1 = results.table1(runs, table1_student)
+table1.round(2)"""),
     code("""epochs = results.epoch_table(runs)
 epochs.round(3)"""),
     code("""paths = results.plot_all(runs, figures_dir, dataset)
@@ -204,6 +212,7 @@ for p in paths:
     code("""out = {"dakd_version": dakd.__version__, "dataset": dataset, "run_root": run_root,
        "config_hashes": {k: r["config_hash"] for k, r in runs.items()},
        "table": json.loads(table.reset_index().to_json(orient="records")),
+       "table1": json.loads(table1.reset_index().to_json(orient="records")), "table1_student": table1_student,
        "figures": [str(p) for p in paths],
        "paper_citation": results.paper_tables()["citation"]}
 Path(run_root, "results_table.json").write_text(json.dumps(out, indent=1))
