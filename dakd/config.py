@@ -87,6 +87,13 @@ class DistillConfig:
             raise ValueError("epochs, batch_size and micro_batch_size must be >= 1")
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be smaller than max_length")
+        if self.dtype == "float16" and self.method != "teacher":
+            # measured: AdamW keeps its state in the weights' dtype, and in float16 g^2 of a
+            # gradient below ~2e-3 underflows to 0 while eps 1e-8 rounds to 0, so the first step
+            # turns those weights into inf (the run then stops with NonFiniteLossError)
+            raise ValueError("dtype 'float16' cannot be trained with AdamW (its state underflows: "
+                             "inf weights after one step); use 'bfloat16' or 'float32' "
+                             "(float16 is fine for method 'teacher', evaluation only)")
         self.eval_datasets = tuple(self.eval_datasets)
         self.eval_seeds = tuple(self.eval_seeds)
 

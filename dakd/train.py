@@ -35,7 +35,7 @@ from .updater import dds_quantiles, selection_ratio, stratified_update_with_info
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training loss was NaN or inf; the step was not taken."""
+    """A training loss or gradient norm was NaN or inf; the step was not taken."""
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -133,7 +133,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         ``cost`` (iterations, seconds split into ``dds_seconds`` and ``train_seconds``, tokens seen).
 
     Raises:
-        NonFiniteLossError: a loss was not finite; the message names the step and sample ids.
+        NonFiniteLossError: a loss or the gradient norm of a step was not finite; the message names
+            the step and sample ids; the optimiser did not step.
         ValueError: the teacher and student do not share a tokenizer.
     """
     from accelerate import Accelerator
@@ -269,7 +270,14 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                             f"sample ids {ids}; the step was not taken")
                     accelerator.backward(loss)
                 step_loss += per_tok.detach().sum() * weight
-            accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            # the loss check above cannot see a gradient that overflows in backward (half
+            # precision): the norm clipping computes anyway is checked before stepping
+            norm = accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+                ids = [examples[i]["sample_id"] for i in gbatch]
+                raise NonFiniteLossError(
+                    f"non-finite gradient norm {float(norm)} at epoch {epoch}, step "
+                    f"{state['cost']['iterations']}, sample ids {ids}; the step was not taken")
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

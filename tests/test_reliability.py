@@ -98,3 +98,169 @@ def test_bad_training_file_stops_the_run_naming_file_line_and_field(data_folder,
         T.train(cfg)
     assert str(e.value).startswith(f"{path}{where}")
     assert not (tmp_path / "sft" / "train_log.json").exists()
+
+
+# ================================================================ numerics of a training step
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_model(TINY_STUDENT), load_model(TINY_TEACHER)
+
+
+def _batch(examples, tok):
+    return D.DistillCollator(tok.pad_token_id)(examples)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_logits_give_finite_float32_losses_and_gradients(dtype, dolly_examples, smol_tok, pair):
+    cfg = _tiny("dakd", "unused")  # token_losses takes the models as given
+    b = _batch(dolly_examples[:4], smol_tok)
+    with torch.no_grad():
+        ref, _ = T.token_losses(cfg, *pair, b, 49152)
+    student, teacher = load_model(TINY_STUDENT, dtype), load_model(TINY_TEACHER, dtype)
+    per_tok, t_logits = T.token_losses(cfg, student, teacher, b, 49152)
+    assert t_logits.dtype == getattr(torch, dtype)
+    assert per_tok.dtype == torch.float32 and torch.isfinite(per_tok).all()
+    mask = b["response_mask"][:, 1:]
+    # only the rounding of weights and activations separates it from the float32 loss
+    torch.testing.assert_close(per_tok[mask].mean(), ref[mask].mean(), rtol=0.05, atol=0)
+    per_tok.sum().backward()
+    grads = [p.grad for p in student.parameters()]
+    assert all(g.dtype == getattr(torch, dtype) and torch.isfinite(g).all() for g in grads)
+    assert max(g.abs().max().item() for g in grads) > 0
+
+
+def test_bfloat16_training_run_has_finite_losses(tmp_path):
+    cfg = _tiny("kd_kl", tmp_path, dtype="bfloat16", train_samples=8, epochs=2)
+    log = T.train(cfg)
+    assert all(math.isfinite(e["mean_loss"]) and e["mean_loss"] > 0 for e in log["epochs"])
+    after = load_model(tmp_path / "kd_kl" / "student", "bfloat16").state_dict()
+    assert all(w.dtype == torch.bfloat16 and torch.isfinite(w).all() for w in after.values())
+
+
+def test_float16_adamw_step_turns_small_gradient_weights_into_inf():
+    # the bug's minimal input: AdamW keeps its state in float16, g^2 = 1e-6 (x 0.001) underflows
+    # to 0 and eps 1e-8 is 0 in float16, so the update is m / 0
+    w = torch.nn.Parameter(torch.ones(2, dtype=torch.float16))
+    w.grad = torch.tensor([1e-3, 0.5], dtype=torch.float16)
+    torch.optim.AdamW([w], lr=1e-3, weight_decay=0.0).step()
+    assert torch.isinf(w[0]) and torch.isfinite(w[1])
+
+
+def test_float16_training_is_refused_and_would_stop_on_a_non_finite_loss(tmp_path):
+    # regression: dtype "float16" was accepted for training; its first AdamW step made weights
+    # inf (test above), and the run died at step 1 with a NaN loss. Refused at construction now;
+    # forced past the check, the NaN guard still stops it before a second step
+    with pytest.raises(ValueError, match="float16.*bfloat16"):
+        _tiny("kd_kl", tmp_path, dtype="float16")
+    assert _tiny("teacher", tmp_path, dtype="float16").dtype == "float16"  # evaluation only
+    cfg = _tiny("kd_kl", tmp_path, train_samples=8, epochs=1)
+    cfg.dtype = "float16"  # bypasses __post_init__
+    with pytest.raises(T.NonFiniteLossError, match="non-finite loss nan at epoch 0, step 1"):
+        T.train(cfg)
+
+
+@pytest.mark.parametrize("run", ["sft", "kd_rkl", "dakd"])
+def test_one_token_response_loss_is_that_tokens_divergence(run, smol_tok, pair):
+    # the tightest valid limits (max_length = max_prompt_length + 1) leave one response token
+    records = D.load_jsonl(BAD / "long_response.jsonl")
+    p = len(smol_tok(D.format_prompt(records[0], "chatml", smol_tok)).input_ids)
+    [ex], _ = D.tokenize_records(records, smol_tok, "chatml", max_prompt_length=p, max_length=p + 1)
+    cfg = _tiny(run, "unused")
+    b = _batch([ex], smol_tok)
+    per_tok, _ = T.token_losses(cfg, *pair, b, 49152)
+    assert per_tok.shape == (1, p) and torch.count_nonzero(per_tok) == 1
+    # position p - 1 predicts the response token, by a float64 formula over probabilities
+    with torch.no_grad():
+        lq = pair[0](input_ids=b["input_ids"]).logits[0, p - 1].double().log_softmax(-1)
+        lp = pair[1](input_ids=b["input_ids"]).logits[0, p - 1].double().log_softmax(-1)
+    q, pt = lq.exp(), lp.exp()
+    want = {"sft": -lq[ex["input_ids"][p]],
+            "kd_rkl": (q * (lq - lp)).sum(),
+            "dakd": ((0.1 * pt + 0.9 * q) * ((0.1 * pt + 0.9 * q) / (0.9 * pt + 0.1 * q)).log()).sum()}[run]
+    assert per_tok[0, p - 1].item() == pytest.approx(want.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("run", ["sft", "kd_kl", "dakd"])
+def test_all_masked_batch_gives_zero_loss_zero_gradient_and_no_step(run, dolly_examples, smol_tok):
+    student, teacher = load_model(TINY_STUDENT), load_model(TINY_TEACHER)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    b = _batch(dolly_examples[:3], smol_tok)
+    b["response_mask"][:] = False
+    per_tok, _ = T.token_losses(_tiny(run, "unused"), student, teacher, b, 49152)
+    assert torch.all(per_tok == 0)
+    per_tok.sum().backward()  # the loop divides by max(n_tok, 1) = 1: no 0 / 0
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.all(g == 0) for g in grads)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.0)
+    assert torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0).item() == 0.0
+    opt.step()
+    _assert_same_weights(student.state_dict(), before)
+
+
+# ================================================================ the non-finite guards
+
+@pytest.fixture
+def spied_training(monkeypatch):
+    """Record every optimiser step (a copy of the weights after it), the student, and the
+    sample ids of every micro-batch that reaches token_losses."""
+    spy = {"steps": [], "models": [], "batches": []}
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            out = super().step(closure)
+            spy["steps"].append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+            return out
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    real_load = T.load_model
+
+    def load(*a, **k):
+        spy["models"].append(real_load(*a, **k))
+        return spy["models"][-1]
+    monkeypatch.setattr(T, "load_model", load)
+    return spy
+
+
+def test_nan_loss_stops_the_run_naming_step_and_samples_before_stepping(tmp_path, monkeypatch, spied_training):
+    real = T.token_losses
+
+    def nan_at_step_2(cfg, student, teacher, batch, vocab):
+        spied_training["batches"].append(batch["sample_id"].tolist())
+        per_tok, t = real(cfg, student, teacher, batch, vocab)
+        # micro-batches of 2 in global batches of 4: the 6th call is step 2's second micro-batch
+        return (per_tok * float("nan"), t) if len(spied_training["batches"]) == 6 else (per_tok, t)
+    monkeypatch.setattr(T, "token_losses", nan_at_step_2)
+    # without length grouping the batches run in order, all of 4 but the last
+    cfg = _tiny("sft", tmp_path, epochs=1, group_by_length=False)
+    with pytest.raises(T.NonFiniteLossError) as e:
+        T.train(cfg)
+    assert f"step 2, sample ids {spied_training['batches'][5]}" in str(e.value)
+    assert "non-finite loss nan" in str(e.value)
+    # two steps were taken; the third, half accumulated, never reached the weights
+    assert len(spied_training["steps"]) == 2
+    student = spied_training["models"][0]
+    for p, snap in zip(student.parameters(), spied_training["steps"][-1]):
+        assert torch.equal(p.detach(), snap)
+    assert not (tmp_path / "sft" / "student").exists()
+
+
+def test_non_finite_gradient_with_finite_loss_stops_before_the_optimizer_steps(tmp_path, monkeypatch,
+                                                                              spied_training):
+    # regression: only the loss was checked, so a gradient that overflowed in backward (finite
+    # loss, inf/nan gradient: half precision) was clipped into nan weights by opt.step()
+    real = T.token_losses
+
+    def nan_gradient(cfg, student, teacher, batch, vocab):
+        spied_training["batches"].append(batch["sample_id"].tolist())
+        per_tok, t = real(cfg, student, teacher, batch, vocab)
+        per_tok.register_hook(lambda g: g * float("nan"))
+        return per_tok, t
+    monkeypatch.setattr(T, "token_losses", nan_gradient)
+    cfg = _tiny("sft", tmp_path, epochs=1, group_by_length=False)
+    initial = _weights(TINY_STUDENT)
+    with pytest.raises(T.NonFiniteLossError) as e:
+        T.train(cfg)
+    ids = spied_training["batches"][0] + spied_training["batches"][1]  # step 0's global batch
+    assert f"non-finite gradient norm nan at epoch 0, step 0, sample ids {ids}" in str(e.value)
+    assert spied_training["steps"] == []
+    _assert_same_weights(spied_training["models"][0].state_dict(), initial)
