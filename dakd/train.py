@@ -14,6 +14,7 @@ weights, safetensors) and ``checkpoint/`` (the last finished epoch, for resume).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,11 @@ from .updater import dds_quantiles, selection_ratio, stratified_update_with_info
 
 class NonFiniteLossError(RuntimeError):
     """A training loss or gradient norm was NaN or inf; the step was not taken."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint to resume from is damaged or belongs to another model or data set; the message
+    names the file. Delete the checkpoint folder (or pass ``resume=False``) to start over."""
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -111,12 +117,71 @@ def _save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: di
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "generator": gen.get_state()}, tmp / "trainer_state.pt")
     write_json(tmp / "state.json", state)
+    # a directory cannot replace a non-empty one in one rename: the previous checkpoint goes to
+    # .old first, and .old is only deleted once the new one is in place (resume reads .old when
+    # a kill fell between the two renames)
     old = out / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_checkpoint(out: Path) -> Path | None:
+    """The checkpoint to resume from: ``out/checkpoint``, else ``out/checkpoint.old`` (a kill
+    between the two renames of `_save_checkpoint` leaves only that one), else None."""
+    for ckpt in (out / "checkpoint", out / "checkpoint.old"):
+        if ckpt.is_dir():
+            return ckpt
+    return None
+
+
+def _read_state(ckpt: Path) -> dict:
+    """``state.json`` of a checkpoint folder, checked for the keys a resume needs."""
+    path = ckpt / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint state ({type(e).__name__}: {e}); "
+                              f"delete {ckpt} to start over") from None
+    missing = [k for k in ("epochs", "cost", "config_hash", "num_samples") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a dakd checkpoint state (missing {missing}); "
+                              f"delete {ckpt} to start over")
+    return state
+
+
+def _load_checkpoint_student(ckpt: Path, cfg: DistillConfig):
+    """The checkpoint's student, refused unless its tensors have the names and shapes of
+    ``cfg.student`` (checked against a weightless copy built on the meta device)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = ckpt / "student"
+    try:
+        model = load_model(folder, cfg.dtype, cfg.trust_remote_code)
+    except Exception as e:  # any failure here means a damaged checkpoint
+        raise CheckpointError(f"{folder}: cannot load the checkpoint's student ({type(e).__name__}: "
+                              f"{e}); delete {ckpt} to start over") from e
+    conf = AutoConfig.from_pretrained(resolve_model(cfg.student), trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        ref = AutoModelForCausalLM.from_config(conf, trust_remote_code=cfg.trust_remote_code)
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if got != want:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:2]
+        raise CheckpointError(f"{folder}: weights of another model than {cfg.student!r} "
+                              f"(e.g. {diff}); delete {ckpt} to start over")
+    return model
+
+
+def _data_hash(examples: list[dict]) -> str:
+    """Short sha256 of the tokenized training set: a resume must see the same samples."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e["sample_id"], e["prompt_length"], e["input_ids"]]).encode())
+    return h.hexdigest()[:16]
 
 
 def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
@@ -132,9 +197,16 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         ratio, subset size, strata counts, DDS quantiles, mean loss in nats/token, seconds) and
         ``cost`` (iterations, seconds split into ``dds_seconds`` and ``train_seconds``, tokens seen).
 
+    Resume: with ``resume`` the last finished epoch in ``output_dir/checkpoint`` is resumed when
+    it was written by the same config hash (another config's checkpoint is ignored: training starts
+    over and replaces it).
+
     Raises:
         NonFiniteLossError: a loss or the gradient norm of a step was not finite; the message names
             the step and sample ids; the optimiser did not step.
+        CheckpointError: the checkpoint of this config is damaged (unreadable ``state.json``,
+            truncated ``trainer_state.pt``, missing weights), holds another model's weights, or was
+            written for other training data.
         ValueError: the teacher and student do not share a tokenizer.
     """
     from accelerate import Accelerator
@@ -154,12 +226,21 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     n = len(examples)
     accelerator.print(f"[dakd] {cfg.method}: {report}")
 
-    ckpt = out / "checkpoint"
+    data_hash = _data_hash(examples)
+    ckpt = _find_checkpoint(out) if resume else None
+    saved = _read_state(ckpt) if ckpt else None
     # only a checkpoint of this very config is resumed: pipeline.run retrains a changed config into
     # the same folder, where the old run's finished checkpoint would hand back the old weights
-    resumed = (resume and (ckpt / "state.json").exists()
-               and json.loads((ckpt / "state.json").read_text()).get("config_hash") == meta["config_hash"])
-    student = load_model(ckpt / "student" if resumed else cfg.student, cfg.dtype, cfg.trust_remote_code)
+    resumed = saved is not None and saved["config_hash"] == meta["config_hash"]
+    if saved is not None and not resumed:
+        accelerator.print(f"[dakd] {ckpt} is of config {saved['config_hash']}, not "
+                          f"{meta['config_hash']}: not resumed, training starts over")
+    if resumed and (saved["num_samples"], saved.get("data_hash", data_hash)) != (n, data_hash):
+        raise CheckpointError(f"{ckpt / 'state.json'}: written for other training data "
+                              f"({saved['num_samples']} samples, data hash {saved.get('data_hash')}; "
+                              f"now {n}, {data_hash}); delete {ckpt} to start over")
+    student = (_load_checkpoint_student(ckpt, cfg) if resumed
+               else load_model(cfg.student, cfg.dtype, cfg.trust_remote_code))
     student.config.use_cache = False
     teacher, vocab = None, student.get_output_embeddings().weight.shape[0]
     if cfg.method != "sft":
@@ -179,20 +260,29 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     state = {"epochs": [], "cost": {"iterations": 0, "dds_seconds": 0.0, "teacher_ce_seconds": 0.0,
                                     "train_seconds": 0.0, "tokens_seen": 0, "response_tokens_seen": 0},
              "filter": report.to_dict(), "num_samples": n, "planned_iterations": total_steps,
-             "config_hash": meta["config_hash"]}
+             "config_hash": meta["config_hash"], "data_hash": data_hash}
     if resumed:
-        ts = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-        opt.load_state_dict(ts["optimizer"])
-        sched.load_state_dict(ts["scheduler"])
-        gen.set_state(ts["generator"])
-        state = json.loads((ckpt / "state.json").read_text())
+        try:  # weights_only: plain tensors and containers, nothing is unpickled as code
+            ts = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+            opt.load_state_dict(ts["optimizer"])
+            sched.load_state_dict(ts["scheduler"])
+            gen.set_state(ts["generator"])
+        except Exception as e:  # truncated, foreign or missing: all refused alike
+            raise CheckpointError(f"{ckpt / 'trainer_state.pt'}: unreadable or not this run's trainer "
+                                  f"state ({type(e).__name__}: {e}); delete {ckpt} to start over") from e
+        state = saved
         accelerator.print(f"[dakd] resumed after epoch {len(state['epochs'])} from {ckpt}")
 
     collate = D.DistillCollator(tok.pad_token_id)
     lengths = [len(e["input_ids"]) for e in examples]
     teacher_ce = None
     if resumed and (out / "teacher_ce.pt").exists():
-        teacher_ce = torch.load(out / "teacher_ce.pt", weights_only=True)
+        try:  # a cache: if unreadable or of another size it is recomputed below
+            teacher_ce = torch.load(out / "teacher_ce.pt", weights_only=True)
+        except Exception:
+            teacher_ce = None
+        if not (isinstance(teacher_ce, torch.Tensor) and teacher_ce.shape == (n,)):
+            teacher_ce = None
     needs_dds = cfg.method == "dakd" and cfg.selection in ("dds", "top")
     for epoch in range(len(state["epochs"]), cfg.epochs):
         ratio = selection_ratio(epoch, cfg.epochs, cfg.schedule) if cfg.method == "dakd" else 1.0
@@ -294,7 +384,9 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
             if world > 1:
                 teacher_ce = accelerator.reduce(teacher_ce.to(accelerator.device), reduction="sum").cpu()
             if accelerator.is_main_process:
-                torch.save(teacher_ce, out / "teacher_ce.pt")
+                tmp = out / "teacher_ce.pt.tmp"  # temporary file, then rename: never half a file
+                torch.save(teacher_ce, tmp)
+                os.replace(tmp, out / "teacher_ce.pt")
         rec |= {"steps": steps, "mean_loss": loss_sum / max(tok_sum, 1), "train_seconds": time.perf_counter() - t1,
                 "lr_end": sched.get_last_lr()[0]}
         state["cost"]["train_seconds"] += rec["train_seconds"]

@@ -264,3 +264,181 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_optimizer_steps(t
     assert f"non-finite gradient norm nan at epoch 0, step 0, sample ids {ids}" in str(e.value)
     assert spied_training["steps"] == []
     _assert_same_weights(spied_training["models"][0].state_dict(), initial)
+
+
+# ================================================================ interruption and resume
+
+def _wait_for(done, proc, what, timeout=300.0):
+    t0 = time.monotonic()
+    while not done():
+        assert proc.poll() is None, f"training exited with {proc.returncode} before {what}"
+        assert time.monotonic() - t0 < timeout, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def _mid_epoch_1(stderr: Path) -> bool:
+    """The progress bar of epoch 1's training pass shows k of n steps done, 0 < k < n."""
+    bars = re.findall(r"dakd epoch 1: .*?\| (\d+)/(\d+) \[", stderr.read_text(errors="replace"))
+    return any(0 < int(k) < int(n) for k, n in bars)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    # three DA-KD epochs (r = 1, 0.75, 0.25 of 17 samples), killed by SIGKILL in the training pass
+    # of epoch 1, after epoch 0's checkpoint is on disk; then resumed in this process
+    cfg = _tiny("dakd", tmp_path, epochs=3, output_dir=str(tmp_path / "killed"))
+    request, stderr = tmp_path / "request.json", tmp_path / "stderr.txt"
+    request.write_text(json.dumps(cfg.to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO))
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "dakd.cli", "train", "--config", str(request)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for(lambda: (tmp_path / "killed" / "checkpoint" / "state.json").exists(), proc,
+                      "epoch 0's checkpoint")
+            _wait_for(lambda: _mid_epoch_1(stderr), proc, "a step of epoch 1")
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
+    assert len(state["epochs"]) == 1, "the kill came after epoch 1 had finished"
+    assert not (tmp_path / "killed" / "train_log.json").exists()
+
+    resumed = T.train(cfg)
+    ref = T.train(cfg.replace(output_dir=str(tmp_path / "ref")))
+    assert [e["subset_ids"] for e in resumed["epochs"]] == [e["subset_ids"] for e in ref["epochs"]]
+    assert [e["subset_size"] for e in ref["epochs"]] == [17, 13, 4]
+    for key in ("iterations", "tokens_seen", "response_tokens_seen"):
+        assert resumed["cost"][key] == ref["cost"][key], key
+    _assert_same_weights(_weights(tmp_path / "killed" / "student"), _weights(tmp_path / "ref" / "student"),
+                         atol=1e-6)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
+    # regression: _save_checkpoint moves the old checkpoint to checkpoint.old before renaming the
+    # new one into place; a kill between the two renames left only checkpoint.old, which resume
+    # did not look at: the run silently started over from epoch 0
+    cfg = _tiny("sft", tmp_path, train_samples=8, epochs=3, output_dir=str(tmp_path / "killed"))
+    real_replace = os.replace
+
+    def die_on_second_swap(src, dst):
+        if Path(dst).name == "checkpoint" and (tmp_path / "killed" / "checkpoint.old").exists():
+            raise _Killed
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", die_on_second_swap)
+    with pytest.raises(_Killed):
+        T.train(cfg)
+    monkeypatch.setattr(os, "replace", real_replace)
+    loaded = []
+    real_load = T.load_model
+    monkeypatch.setattr(T, "load_model", lambda name, *a, **k: (loaded.append(Path(name)), real_load(name, *a, **k))[1])
+    killed = tmp_path / "killed"
+    assert not (killed / "checkpoint").exists() and (killed / "checkpoint.tmp").exists()
+    assert len(json.loads((killed / "checkpoint.old" / "state.json").read_text())["epochs"]) == 1
+
+    log = T.train(cfg)
+    assert loaded == [killed / "checkpoint.old" / "student"]  # resumed, not started over
+    ref = T.train(cfg.replace(output_dir=str(tmp_path / "ref")))
+    assert [e["subset_ids"] for e in log["epochs"]] == [e["subset_ids"] for e in ref["epochs"]]
+    assert log["cost"]["iterations"] == ref["cost"]["iterations"] == 3 * log["epochs"][0]["steps"]
+    _assert_same_weights(_weights(killed / "student"), _weights(tmp_path / "ref" / "student"), atol=1e-6)
+    assert sorted(p.name for p in killed.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A tiny SFT run stopped right after epoch 0's checkpoint (config, output folder)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = _tiny("sft", root, train_samples=8, epochs=2)
+    real = T._save_checkpoint
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        raise _Killed
+    T._save_checkpoint = save_then_die
+    try:
+        with pytest.raises(_Killed):
+            T.train(cfg)
+    finally:
+        T._save_checkpoint = real
+    return cfg, Path(cfg.output_dir)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, culprit, message", [
+    (lambda c: _truncate(c / "trainer_state.pt"), "trainer_state.pt", "unreadable or not this run's"),
+    (lambda c: (c / "trainer_state.pt").unlink(), "trainer_state.pt", "unreadable or not this run's"),
+    (lambda c: (c / "state.json").write_text('{"epochs": ['), "state.json", "unreadable checkpoint state"),
+    (lambda c: (c / "state.json").write_text("[]"), "state.json", "not a dakd checkpoint state"),
+    (lambda c: (c / "state.json").unlink(), "state.json", "unreadable checkpoint state"),
+    (lambda c: _truncate(c / "student" / "model.safetensors"), "student", "cannot load the checkpoint's student"),
+    (lambda c: (shutil.rmtree(c / "student"), shutil.copytree(M.resolve_model(TINY_TEACHER), c / "student")),
+     "student", "weights of another model than 'tiny-student'"),
+    (lambda c: (c / "state.json").write_text(json.dumps(
+        json.loads((c / "state.json").read_text()) | {"data_hash": "0" * 16})),
+     "state.json", "written for other training data"),
+], ids=["trainer-state-truncated", "trainer-state-missing", "state-not-json", "state-not-a-dict",
+        "state-missing", "weights-truncated", "weights-of-another-model", "other-data"])
+def test_damaged_or_foreign_checkpoint_is_refused_naming_the_file(checkpointed, tmp_path, damage, culprit,
+                                                                   message):
+    cfg, out = checkpointed
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    damage(copy / "checkpoint")
+    with pytest.raises(T.CheckpointError) as e:
+        T.train(cfg.replace(output_dir=str(copy)))
+    assert str(e.value).startswith(f"{copy / 'checkpoint' / culprit}: {message}")
+    assert f"delete {copy / 'checkpoint'} to start over" in str(e.value)
+    assert not (copy / "train_log.json").exists()
+
+
+def test_weights_are_safetensors_and_resume_unpickles_nothing(checkpointed, tmp_path, monkeypatch):
+    cfg, out = checkpointed
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    assert sorted(p.name for p in (copy / "checkpoint" / "student").iterdir()
+                  if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".pkl")) == ["model.safetensors"]
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(k.get("weights_only")), real_load(*a, **k))[1])
+    log = T.train(cfg.replace(output_dir=str(copy)))
+    assert len(log["epochs"]) == 2 and loads == [True]  # trainer_state.pt only, weights_only
+    assert sorted(p.name for p in (copy / "student").iterdir()
+                  if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".pkl")) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_trust_remote_code_reaches_from_pretrained_only_as_set(checkpointed, tmp_path, monkeypatch, trust):
+    from transformers import AutoConfig
+    cfg, out = checkpointed
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)  # resuming also loads the checkpoint's student and its config
+    run = cfg.replace(output_dir=str(copy), **({"trust_remote_code": True} if trust else {}))
+    state = json.loads((copy / "checkpoint" / "state.json").read_text())
+    (copy / "checkpoint" / "state.json").write_text(json.dumps(state | {"config_hash": run.config_hash()}))
+    seen, depth = [], [0]
+
+    def spy(real, name):
+        def from_pretrained(*a, **k):
+            if depth[0] == 0:  # dakd's own calls, not transformers' calls inside them
+                seen.append((name, k.get("trust_remote_code")))
+            depth[0] += 1
+            try:
+                return real(*a, **k)
+            finally:
+                depth[0] -= 1
+        return from_pretrained
+    for cls in (M.AutoModelForCausalLM, M.AutoTokenizer, AutoConfig):
+        monkeypatch.setattr(cls, "from_pretrained", spy(cls.from_pretrained, cls.__name__))
+    assert T.train(run)["epochs"][0]["epoch"] == 0
+    assert {c for c, _ in seen} == {"AutoModelForCausalLM", "AutoTokenizer", "AutoConfig"}
+    assert all(t is trust for _, t in seen), seen
