@@ -1,7 +1,8 @@
 """A run end to end: train (in this process, or in ``accelerate launch`` subprocesses), then
 evaluate, then write ``results.json``. A finished run with the same config hash is reused, never
 redone; a run is finished only once its ``results.json`` exists, and that file is written last and
-atomically, so a killed run never passes for a complete one.
+atomically, so a killed run never passes for a complete one. A ``results.json`` of another config
+in the same folder is kept as ``results.<its hash>.json`` when the new one is written.
 """
 
 from __future__ import annotations
@@ -182,5 +183,23 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
                                "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1}}
     if log is not None:
         res |= {"cost": log["cost"], "filter": log["filter"], "num_samples": log["num_samples"]}
+    _keep_previous_results(out, res["config_hash"])
     write_json(out / "results.json", res)
     return res
+
+
+def _keep_previous_results(out: Path, new_hash: str) -> None:
+    """Move a ``results.json`` of another config hash aside to ``results.<its hash>.json`` before
+    the new one is written: a changed config retrains into the same folder, but never silently
+    deletes a completed run's results (the table reads only ``results.json``)."""
+    path = out / "results.json"
+    if not path.exists():
+        return
+    try:
+        old_hash = json.loads(path.read_text()).get("config_hash") or "unknown"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        old_hash = "unreadable"
+    if old_hash != new_hash:
+        kept = out / f"results.{old_hash}.json"
+        os.replace(path, kept)
+        print(f"[dakd] {path} was written by config {old_hash}: kept as {kept}")

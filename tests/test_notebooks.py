@@ -113,3 +113,16 @@ def test_run_all_names_the_failing_notebook_and_cell(tmp_path):
     assert p.returncode != 0
     assert "FAILED: notebook notebooks/01_distill.ipynb" in p.stderr
     assert 'Exception encountered at "In [' in p.stderr
+
+
+def test_rerunning_a_finished_run_reuses_it(tiny_root, tmp_path):
+    # what a second ./run_all.sh does for each run: the notebook finds results.json of the same
+    # config hash and neither trains nor evaluates again
+    files = [tiny_root / "sft" / f for f in ("results.json", "train_log.json", "student/model.safetensors")]
+    before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
+    params = yaml.safe_load((tiny_root / "params" / "sft.yaml").read_text())
+    pm.execute_notebook(str(NB / "01_distill.ipynb"), str(tmp_path / "again.ipynb"), parameters=params, **KW)
+    assert [(f.read_bytes(), f.stat().st_mtime_ns) for f in files] == before
+    nb = nbformat.read(tmp_path / "again.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"complete (config {get_preset('tiny')['sft'].config_hash()}), reused" in printed

@@ -442,3 +442,52 @@ def test_trust_remote_code_reaches_from_pretrained_only_as_set(checkpointed, tmp
     assert T.train(run)["epochs"][0]["epoch"] == 0
     assert {c for c, _ in seen} == {"AutoModelForCausalLM", "AutoTokenizer", "AutoConfig"}
     assert all(t is trust for _, t in seen), seen
+
+
+# ================================================================ results are never clobbered
+
+@pytest.fixture
+def teacher_cfg(tmp_path):
+    # evaluation only: the first 4 DollyEval prompts (less those over 64 tokens), 4 new tokens
+    return get_preset("tiny", root=str(tmp_path))["teacher"].replace(max_new_tokens=4)
+
+
+def test_partial_run_leaves_a_completed_runs_results_untouched(teacher_cfg, tmp_path, monkeypatch):
+    import dakd.evaluate
+    done = pipeline.run(teacher_cfg)
+    path = Path(teacher_cfg.output_dir) / "results.json"
+    before = path.read_bytes()
+    other = teacher_cfg.replace(eval_seeds=(20,))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dakd.evaluate, "evaluate_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(other)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.glob("results*")) == ["results.json"]
+    assert pipeline.load_complete(teacher_cfg) == json.loads(json.dumps(done))
+    assert pipeline.load_complete(other) is None
+
+
+def test_results_of_another_config_are_kept_aside_not_overwritten(teacher_cfg):
+    out = Path(teacher_cfg.output_dir)
+    first = pipeline.run(teacher_cfg)
+    before = (out / "results.json").read_bytes()
+    other = teacher_cfg.replace(eval_seeds=(20,))
+    second = pipeline.run(other)
+    assert json.loads((out / "results.json").read_text())["config_hash"] == other.config_hash()
+    assert (out / f"results.{teacher_cfg.config_hash()}.json").read_bytes() == before
+    assert pipeline.load_complete(other) == json.loads(json.dumps(second))
+    assert pipeline.load_complete(teacher_cfg) is None
+    assert list(first["eval"]["dolly"]["per_seed"]) == ["10"] and list(second["eval"]["dolly"]["per_seed"]) == ["20"]
+
+
+# ================================================================ determinism
+
+def test_same_seed_gives_identical_evaluation_generations(teacher_cfg, tmp_path):
+    a = pipeline.run(teacher_cfg)["eval"]["dolly"]
+    b = pipeline.run(teacher_cfg.replace(output_dir=str(tmp_path / "again")))["eval"]["dolly"]
+    assert a["per_seed"] == b["per_seed"]
+    assert [e["response"] for e in a["examples"]] == [e["response"] for e in b["examples"]]
+    assert len(a["examples"]) == a["num_prompts"] > 0
