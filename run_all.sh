@@ -62,7 +62,7 @@ mkdir -p "$nbdir" "$root/params"
 cpu_flag=False
 if [ "$gpus" -gt 1 ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.device_count() >= $gpus else 1)"; then
   cpu_flag=True
-  echo "run_all.sh: fewer than $gpus GPUs here: training runs as $gpus gloo processes on the CPU"
+  echo "run_all.sh: fewer than $gpus GPUs here: training and evaluation run as $gpus gloo processes on the CPU"
 fi
 
 execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the notebook and cell
