@@ -182,6 +182,20 @@ def load_jsonl(path, required=("instruction", "output"), allow_list_output=False
     return records
 
 
+def check_split(registry: dict, name: str, split: str, limit: int | None, kind: str = "dataset") -> None:
+    """Validate a (name, split, limit) request against ``registry`` (name -> split -> path).
+
+    Raises:
+        ValueError: unknown name or split (the message lists the known ones), or limit < 1.
+    """
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known: {sorted(registry)}")
+    if split not in registry[name]:
+        raise ValueError(f"{kind} {name!r} has no split {split!r}; it has {sorted(registry[name])}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+
+
 def load_split(name: str, split: str, limit: int | None = None, seed: int | None = None,
                allow_list_output: bool | None = None) -> list[dict]:
     """Load ``data_dir()/DATASETS[name][split]`` with `load_jsonl`.
@@ -197,12 +211,7 @@ def load_split(name: str, split: str, limit: int | None = None, seed: int | None
         ValueError: unknown dataset or split, or limit < 1.
         DataError, FileNotFoundError: as `load_jsonl` and `data_dir`.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    if split not in DATASETS[name]:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(DATASETS[name])}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    check_split(DATASETS, name, split, limit)
     if allow_list_output is None:
         allow_list_output = split != "train"
     records = load_jsonl(data_dir() / DATASETS[name][split], allow_list_output=allow_list_output)

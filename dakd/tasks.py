@@ -132,12 +132,7 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
             str, or a GSM8K answer without ``#### <number>``; the message names file, line, field.
         FileNotFoundError: the file is missing.
     """
-    if name not in TASK_FILES:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASK_FILES)}")
-    if split not in TASK_FILES[name]:
-        raise ValueError(f"task {name!r} has no split {split!r}; it has {sorted(TASK_FILES[name])}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    D.check_split(TASK_FILES, name, split, limit, kind="task")
     path = D.data_dir() / TASK_FILES[name][split]
     records = []
     for n, obj in D.read_json_objects(path):

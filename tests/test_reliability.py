@@ -23,6 +23,7 @@ from dakd import models as M
 from dakd import pipeline
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model
 from dakd.presets import get_preset
+from helpers import assert_same_weights, weights
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "data"
@@ -32,14 +33,6 @@ def _tiny(run, root, **kw):
     return get_preset("tiny", root=str(root))[run].replace(save_checkpoints=True, **kw)
 
 
-def _weights(folder):
-    return load_model(folder).state_dict()
-
-
-def _assert_same_weights(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
 # ================================================================ bad data through a real run
@@ -195,7 +188,7 @@ def test_all_masked_batch_gives_zero_loss_zero_gradient_and_no_step(run, dolly_e
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.0)
     assert torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0).item() == 0.0
     opt.step()
-    _assert_same_weights(student.state_dict(), before)
+    assert_same_weights(student.state_dict(), before)
 
 
 # ================================================================ the non-finite guards
@@ -257,13 +250,13 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_optimizer_steps(t
         return per_tok, t
     monkeypatch.setattr(T, "token_losses", nan_gradient)
     cfg = _tiny("sft", tmp_path, epochs=1, group_by_length=False)
-    initial = _weights(TINY_STUDENT)
+    initial = weights(TINY_STUDENT)
     with pytest.raises(T.NonFiniteLossError) as e:
         T.train(cfg)
     ids = spied_training["batches"][0] + spied_training["batches"][1]  # step 0's global batch
     assert f"non-finite gradient norm nan at epoch 0, step 0, sample ids {ids}" in str(e.value)
     assert spied_training["steps"] == []
-    _assert_same_weights(spied_training["models"][0].state_dict(), initial)
+    assert_same_weights(spied_training["models"][0].state_dict(), initial)
 
 
 # ================================================================ interruption and resume
@@ -312,7 +305,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [e["subset_size"] for e in ref["epochs"]] == [17, 13, 4]
     for key in ("iterations", "tokens_seen", "response_tokens_seen"):
         assert resumed["cost"][key] == ref["cost"][key], key
-    _assert_same_weights(_weights(tmp_path / "killed" / "student"), _weights(tmp_path / "ref" / "student"),
+    assert_same_weights(weights(tmp_path / "killed" / "student"), weights(tmp_path / "ref" / "student"),
                          atol=1e-6)
 
 
@@ -347,7 +340,7 @@ def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_checkpoin
     ref = T.train(cfg.replace(output_dir=str(tmp_path / "ref")))
     assert [e["subset_ids"] for e in log["epochs"]] == [e["subset_ids"] for e in ref["epochs"]]
     assert log["cost"]["iterations"] == ref["cost"]["iterations"] == 3 * log["epochs"][0]["steps"]
-    _assert_same_weights(_weights(killed / "student"), _weights(tmp_path / "ref" / "student"), atol=1e-6)
+    assert_same_weights(weights(killed / "student"), weights(tmp_path / "ref" / "student"), atol=1e-6)
     assert sorted(p.name for p in killed.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
 
 

@@ -16,6 +16,7 @@ from dakd.difficulty import score_dataset
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model, load_tokenizer
 from dakd.presets import get_preset
 from dakd.updater import dds_quantiles, selection_ratio, subset_size
+from helpers import assert_same_weights, weights
 
 
 def _dakd_cfg(root, **kw):
@@ -23,14 +24,6 @@ def _dakd_cfg(root, **kw):
     return get_preset("tiny", root=str(root))["dakd"].replace(save_checkpoints=True, **kw)
 
 
-def _weights(folder):
-    return load_model(folder).state_dict()
-
-
-def _assert_same_weights(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
 def _examples(cfg, tok):
@@ -103,7 +96,7 @@ def test_tokens_seen_match_an_independent_count(dakd_run, smol_tok):
 
 def test_student_weights_changed(dakd_run):
     cfg, _ = dakd_run
-    before, after = _weights(TINY_STUDENT), _weights(Path(cfg.output_dir) / "student")
+    before, after = weights(TINY_STUDENT), weights(Path(cfg.output_dir) / "student")
     assert before.keys() == after.keys()
     moved = max((after[k] - before[k]).abs().max().item() for k in before)
     assert moved > 1e-4  # Adam at lr 1e-3 moves weights by ~lr per step
@@ -156,7 +149,7 @@ def test_same_seed_gives_identical_subsets_and_weights(dakd_run, tmp_path):
     cfg, log = dakd_run
     log2 = T.train(cfg.replace(output_dir=str(tmp_path / "again")))
     assert [e["subset_ids"] for e in log2["epochs"]] == [e["subset_ids"] for e in log["epochs"]]
-    _assert_same_weights(_weights(tmp_path / "again" / "student"), _weights(Path(cfg.output_dir) / "student"))
+    assert_same_weights(weights(tmp_path / "again" / "student"), weights(Path(cfg.output_dir) / "student"))
 
 
 # ---------------------------------------------------------------- batching
@@ -210,8 +203,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(dakd_run, tmp_pa
     assert [e["subset_ids"] for e in log["epochs"]] == [e["subset_ids"] for e in ref["epochs"]]
     assert log["cost"]["iterations"] == ref["cost"]["iterations"]
     assert log["cost"]["tokens_seen"] == ref["cost"]["tokens_seen"]
-    _assert_same_weights(_weights(tmp_path / "resumed" / "student"),
-                         _weights(Path(ref_cfg.output_dir) / "student"), atol=1e-6)
+    assert_same_weights(weights(tmp_path / "resumed" / "student"),
+                         weights(Path(ref_cfg.output_dir) / "student"), atol=1e-6)
 
 
 # ---------------------------------------------------------------- gradient accumulation
@@ -227,8 +220,8 @@ def test_micro_batching_does_not_change_the_step(tmp_path, monkeypatch, smol_tok
     for mb in (1, 4):
         log = T.train(base.replace(micro_batch_size=mb, output_dir=str(tmp_path / f"mb{mb}")))
         assert log["cost"]["iterations"] == 1  # the whole data set (6 samples) is one global batch
-        runs[mb] = _weights(tmp_path / f"mb{mb}" / "student")
-    _assert_same_weights(runs[1], runs[4], atol=1e-5)
+        runs[mb] = weights(tmp_path / f"mb{mb}" / "student")
+    assert_same_weights(runs[1], runs[4], atol=1e-5)
 
     # independently: one full-batch step on the mean response-token cross-entropy
     model = load_model(TINY_STUDENT)
@@ -265,10 +258,10 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     cfg = get_preset("tiny", root=str(tmp_path))["sft"].replace(train_samples=8, epochs=1,
                                                                  save_checkpoints=True)
     T.train(cfg)
-    trained = _weights(tmp_path / "sft" / "student")
+    trained = weights(tmp_path / "sft" / "student")
     log = T.train(cfg.replace(lr=0.0), resume=True)
     assert log["config_hash"] == cfg.replace(lr=0.0).config_hash()
     assert log["epochs"][0]["steps"] > 0
-    after = _weights(tmp_path / "sft" / "student")
-    _assert_same_weights(after, _weights(TINY_STUDENT))
+    after = weights(tmp_path / "sft" / "student")
+    assert_same_weights(after, weights(TINY_STUDENT))
     assert not all(torch.equal(after[k], trained[k]) for k in after)

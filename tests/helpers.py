@@ -1,0 +1,17 @@
+"""Helpers shared by test modules (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+
+import torch
+
+from dakd.models import load_model
+
+
+def weights(folder):
+    """State dict of the model saved in ``folder``."""
+    return load_model(folder).state_dict()
+
+
+def assert_same_weights(a, b, atol=0.0):
+    """Two state dicts have the same tensor names and values (within ``atol``, no relative slack)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
