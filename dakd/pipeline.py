@@ -96,14 +96,22 @@ def launch_training(cfg: DistillConfig, num_processes: int = 1, cpu: bool = Fals
     if num_processes <= 1 and not cpu:
         from .train import train
         return train(cfg)
+    _launch_cli(cfg, "train", num_processes, cpu, config_file)
+    return json.loads((Path(cfg.output_dir) / "train_log.json").read_text())
+
+
+def _launch_cli(cfg: DistillConfig, command: str, num_processes: int, cpu: bool,
+                config_file: str | None, *args: str) -> None:
+    """Write ``cfg`` as ``<output_dir>/<command>_request.json`` and run ``python -m dakd.cli
+    <command> --config <it> *args`` in ``num_processes`` accelerate processes; raises
+    ``subprocess.CalledProcessError`` if they fail."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    request = out / "train_request.json"
+    request = out / f"{command}_request.json"
     write_json(request, cfg.to_dict())
     cmd = accelerate_command(num_processes, cpu, config_file)
-    cmd += ["-m", "dakd.cli", "train", "--config", str(request)]
+    cmd += ["-m", "dakd.cli", command, "--config", str(request), *args]
     subprocess.run(cmd, check=True, env=launch_env(cpu))
-    return json.loads((out / "train_log.json").read_text())
 
 
 def evaluate_run(cfg: DistillConfig, accelerator=None) -> dict:
@@ -143,14 +151,9 @@ def launch_evaluation(cfg: DistillConfig, num_processes: int = 1, cpu: bool = Fa
     """
     if num_processes <= 1 and not cpu:
         return evaluate_run(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    request, result = out / "eval_request.json", out / "eval.json"
-    write_json(request, cfg.to_dict())
+    result = Path(cfg.output_dir) / "eval.json"
     result.unlink(missing_ok=True)
-    cmd = accelerate_command(num_processes, cpu, config_file)
-    cmd += ["-m", "dakd.cli", "evaluate", "--config", str(request), "--out", str(result)]
-    subprocess.run(cmd, check=True, env=launch_env(cpu))
+    _launch_cli(cfg, "evaluate", num_processes, cpu, config_file, "--out", str(result))
     return json.loads(result.read_text())
 
 
