@@ -2,7 +2,7 @@
 narrow random-initialised Llama? Both get the same KD-RKL run (2 epochs on 128 Dolly samples, the
 CPU preset's other settings) and the same evaluation (32 DollyEval prompts, seed 10, 96 new tokens).
 
-    python benchmarks/student_choice.py     # about 15 min on 2 CPU cores
+    .venv/bin/python benchmarks/student_choice.py     # about 15 min on 2 CPU cores
 
 Last line: the ROUGE-L ratio layer-subset / narrow. Measured 2026-11-29: 7.94 vs 1.16 (6.8x), so the
 layer subset is the default student.
