@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -95,6 +96,16 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
     return out
 
 
+def save_tensor(t: torch.Tensor, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and a rename, so a killed run never leaves half a
+    file where a later run would read it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(t, tmp)
+    os.replace(tmp, path)
+
+
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,
                       teacher_name: str, batch_size: int = 8, accelerator=None) -> tuple[torch.Tensor, bool]:
     """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
@@ -113,8 +124,5 @@ def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_fold
             return ce, True
     ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE")
     if accelerator is None or accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(ce, tmp)
-        tmp.replace(path)
+        save_tensor(ce, path)
     return ce, False

@@ -243,7 +243,12 @@ ALIASES = {"kl": "forward_kl", "fkl": "forward_kl", "rkl": "reverse_kl", "js": "
            "srkl": "skew_reverse_kl"}
 
 
-def _canonical(name):
+def canonical_loss_name(name):
+    """The canonical name (a key of ``LOSSES``) of a loss name or alias, case-insensitive.
+
+    Raises:
+        ValueError: unknown name (the message lists every valid name and alias).
+    """
     key = ALIASES.get(name.lower(), name.lower())
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES) + sorted(ALIASES)}")
@@ -252,9 +257,9 @@ def _canonical(name):
 
 def get_loss(name):
     """Scalar loss for a name or alias ("bdl", "fkl", "srkl", ...); ValueError if unknown."""
-    return LOSSES[_canonical(name)]
+    return LOSSES[canonical_loss_name(name)]
 
 
 def get_per_token_loss(name):
     """Per-token ([B, T]) loss function for a name or alias; ValueError if unknown."""
-    return PER_TOKEN_LOSSES[_canonical(name)]
+    return PER_TOKEN_LOSSES[canonical_loss_name(name)]

@@ -24,8 +24,10 @@ METHOD_LABELS = {"teacher": "Teacher", "sft": "SFT", "kd": "KD", "dakd": "DA-KD"
 def method_label(cfg: DistillConfig) -> str:
     """Row name in the paper's tables: Teacher, SFT, KD-KL, KD-RKL, DA-KD (or DA-KD (w/o DDS) ...)."""
     if cfg.method == "kd":
-        short = {"forward_kl": "KL", "kl": "KL", "fkl": "KL", "reverse_kl": "RKL", "rkl": "RKL"}
-        return f"KD-{short.get(cfg.loss, cfg.loss.upper())}"
+        from .losses import canonical_loss_name
+
+        short = {"forward_kl": "KL", "reverse_kl": "RKL"}  # the paper's row names; aliases resolved
+        return f"KD-{short.get(canonical_loss_name(cfg.loss), cfg.loss.upper())}"
     if cfg.method == "dakd":
         extra = [] if cfg.loss == "bdl" else [cfg.loss.upper()]
         extra += [] if cfg.selection == "dds" else [f"{cfg.selection} selection"]

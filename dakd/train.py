@@ -29,8 +29,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import data as D
 from .config import DistillConfig, run_metadata
-from .difficulty import difficulty_scores, response_ce, score_dataset, teacher_ce_cached
-from .losses import get_per_token_loss
+from .difficulty import difficulty_scores, response_ce, save_tensor, score_dataset, teacher_ce_cached
+from .losses import canonical_loss_name, get_per_token_loss
 from .models import cache_dir, check_pair, load_model, load_tokenizer, resolve_model
 from .updater import dds_quantiles, selection_ratio, stratified_update_with_info, subset_size
 
@@ -54,10 +54,11 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def _loss_params(cfg: DistillConfig) -> dict:
-    name = cfg.loss.lower()
+    """The config's weight for ``cfg.loss``: lam for BDL, alpha for the skew losses, else none."""
+    name = canonical_loss_name(cfg.loss)
     if name == "bdl":
         return {"lam": cfg.lam}
-    if name in ("skl", "srkl", "skew_kl", "skew_reverse_kl"):
+    if name in ("skew_kl", "skew_reverse_kl"):
         return {"alpha": cfg.alpha}
     return {}
 
@@ -313,8 +314,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
             sel = stratified_update_with_info(scores, ratio, cfg.tau, gen, cfg.selection)
             idx = sel.indices
             rec |= {"n_high": sel.n_high, "n_low": sel.n_low, "dds_threshold": sel.threshold}
-        state["cost"]["dds_seconds"] += time.perf_counter() - t0
         rec["dds_seconds"] = time.perf_counter() - t0
+        state["cost"]["dds_seconds"] += rec["dds_seconds"]
         rec["subset_size"] = len(idx)
         rec["subset_ids"] = [examples[i]["sample_id"] for i in idx.tolist()]
 
@@ -384,9 +385,7 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
             if world > 1:
                 teacher_ce = accelerator.reduce(teacher_ce.to(accelerator.device), reduction="sum").cpu()
             if accelerator.is_main_process:
-                tmp = out / "teacher_ce.pt.tmp"  # temporary file, then rename: never half a file
-                torch.save(teacher_ce, tmp)
-                os.replace(tmp, out / "teacher_ce.pt")
+                save_tensor(teacher_ce, out / "teacher_ce.pt")
         rec |= {"steps": steps, "mean_loss": loss_sum / max(tok_sum, 1), "train_seconds": time.perf_counter() - t1,
                 "lr_end": sched.get_last_lr()[0]}
         state["cost"]["train_seconds"] += rec["train_seconds"]
