@@ -386,18 +386,20 @@ def prompts_for_generation(records, tokenizer, style, max_prompt_length=256):
     for emptiness: they are never trained on).
 
     Returns:
-        (prompt texts, reference lists, report): a str ``output`` becomes ``[output]``; the two
-        lists are aligned and in record order.
+        (prompt texts, reference lists, report, positions): a str ``output`` becomes
+        ``[output]``; the lists are aligned and in record order; ``positions`` are the kept
+        records' indices in ``records`` (ascending), so scores can be traced back to records.
     """
     report = FilterReport(loaded=len(records))
     texts = [format_prompt(r, style, tokenizer) for r in records]
     ids = _prompt_ids(tokenizer, texts, style)
-    prompts, refs = [], []
-    for r, text, p in zip(records, texts, ids):
+    prompts, refs, positions = [], [], []
+    for i, (r, text, p) in enumerate(zip(records, texts, ids)):
         if len(p) > max_prompt_length:
             report.prompt_too_long += 1
             continue
         prompts.append(text)
         refs.append([r["output"]] if isinstance(r["output"], str) else list(r["output"]))
+        positions.append(i)
     report.kept = len(prompts)
-    return prompts, refs, report
+    return prompts, refs, report, positions

@@ -123,8 +123,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
     """
     spec = T.eval_spec(dataset)
     records = T.load_eval_records(dataset, limit)
-    prompts, _, report = D.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
-    kept = _kept_positions(records, prompts, prompt_style, tokenizer)
+    prompts, _, report, kept = D.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
     refs = [T.references(dataset, records[i]) for i in kept]
     score = _scorer(spec.metric)
     if spec.greedy:
@@ -169,16 +168,3 @@ def _scorer(metric: str):
     if metric == "accuracy":
         return lambda out, gold: 100.0 * T.gsm8k_correct(out, gold)
     return rouge_l
-
-
-def _kept_positions(records: list[dict], prompts: list[str], style: str, tokenizer) -> list[int]:
-    """Positions in ``records`` of the prompts `data.prompts_for_generation` kept (it keeps record
-    order and drops by length only, so equal texts are kept or dropped together)."""
-    kept, j = [], 0
-    for i, r in enumerate(records):
-        if j < len(prompts) and D.format_prompt(r, style, tokenizer) == prompts[j]:
-            kept.append(i)
-            j += 1
-    if j != len(prompts):
-        raise RuntimeError("could not match the generation prompts to their records")
-    return kept

@@ -298,9 +298,10 @@ def test_response_mask_decodes_to_response_and_eos(tok, real_data, style):
 def test_prompts_for_generation_drops_long_prompts_and_wraps_references(tok):
     records = [rec("Say yes.", "Yes."), rec("Summarise. " * 60, "Done."),
                {**rec("Pick one.", ["A", "B"]), "line": 3}]
-    prompts, refs, report = data.prompts_for_generation(records, tok, "alpaca", max_prompt_length=64)
+    prompts, refs, report, positions = data.prompts_for_generation(records, tok, "alpaca", max_prompt_length=64)
     assert prompts == [data.format_prompt(records[0], "alpaca"), data.format_prompt(records[2], "alpaca")]
     assert refs == [["Yes."], ["A", "B"]]
+    assert positions == [0, 2]  # the dropped record leaves a gap
     assert report.prompt_too_long == 1 and report.kept == 2 and report.kept == report.loaded - report.dropped
 
 

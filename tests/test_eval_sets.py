@@ -177,7 +177,7 @@ def test_uinst_result_carries_its_subset_note_and_dropped_prompts_keep_their_ids
     # prompts of 110, 180, 133, 201, 191 and 171 tokens: records 0 and 2 fit under 150
     assert res["prompt_ids"] == [0, 2] and res["filter"]["prompt_too_long"] == 4
     records = T.load_eval_records("uinst", limit=6)
-    ps, _, _ = D.prompts_for_generation(records, smol_tok, "alpaca", 150)
+    ps, _, _, _ = D.prompts_for_generation(records, smol_tok, "alpaca", 150)
     assert [D.format_prompt(records[i], "alpaca") for i in res["prompt_ids"]] == ps
     assert len(res["per_prompt"]["10"]) == res["num_prompts"]
     assert res["rougeL"] == pytest.approx(statistics.fmean(res["per_prompt"]["10"]), abs=1e-3)

@@ -108,7 +108,7 @@ def test_evaluate_model_averages_per_seed_scores(tiny, smol_tok):
     assert 0 < res["generated_tokens"] <= 2 * 3 * 8
     # seed 10's number is the mean ROUGE-L of what generate gives for that seed
     records = D.load_split("dolly", "test", limit=3)
-    ps, refs, _ = D.prompts_for_generation(records, smol_tok, "chatml")
+    ps, refs, _, _ = D.prompts_for_generation(records, smol_tok, "chatml")
     outs = generate(tiny, smol_tok, ps, seed=10, max_new_tokens=8, batch_size=4)
     assert res["per_seed"]["10"] == pytest.approx(statistics.fmean(rouge_l(o, r) for o, r in zip(outs, refs)))
     assert [e["response"] for e in res["examples"]] == outs[:2]
