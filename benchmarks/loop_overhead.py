@@ -1,0 +1,133 @@
+"""The training loop's overhead (issue 4, target 5, second half): a DA-KD training step of
+`dakd.train` against the bare work it cannot avoid, on the same batches of the CPU preset.
+
+    .venv/bin/python benchmarks/loop_overhead.py            # CPU preset, 40 samples (5 steps), ~6 min
+    .venv/bin/python benchmarks/loop_overhead.py --quick    # tiny random pair, 24 samples, < 1 min
+
+Variants, each over the batches of DA-KD's epoch 0 (the seeded, length-grouped order `dakd.train`
+draws for these samples; batch_size = micro_batch_size, so no accumulation):
+  bare   written inline here: teacher forward (no_grad), student forward, `dakd.losses.bdl`,
+         backward, AdamW step, zero_grad. The floor: nothing a loop could leave out.
+  step   the calls the loop makes per step: `dakd.train.token_losses` (the very function), the
+         token-count scaling, the finiteness check, backward, gradient-norm clipping and its
+         check, AdamW and LR-scheduler steps, zero_grad.
+  loop   the real `dakd.train.train` (method dakd, one epoch, no checkpoints) on the same samples;
+         per step = its ``cost.train_seconds / cost.iterations``, which also counts collation,
+         epoch 0's free CE_teacher (`response_ce` on the teacher logits), accelerate, tqdm and the
+         records. It runs after the other two (it cannot be interleaved with them).
+bare and step alternate batch by batch (so a load change on a shared machine hits both), after one
+untimed warm-up step; both collate outside the timed part.
+
+Last line: step / bare and loop / bare time ratios (issue 4 target: at most 1.05).
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the table
+
+import torch  # noqa: E402
+from transformers import get_cosine_schedule_with_warmup  # noqa: E402
+
+from dakd import data as D  # noqa: E402
+from dakd.losses import bdl  # noqa: E402
+from dakd.models import check_pair, load_model, load_tokenizer  # noqa: E402
+from dakd.presets import get_preset  # noqa: E402
+from dakd.train import length_grouped, token_losses, train  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny random pair, 24 samples")
+    ap.add_argument("--samples", type=int, help="training samples (default 40; 24 with --quick)")
+    args = ap.parse_args()
+    base = get_preset("tiny" if args.quick else "cpu")["dakd"]
+    cfg = base.replace(train_samples=args.samples or (24 if args.quick else 40), epochs=1,
+                       micro_batch_size=base.batch_size, save_checkpoints=False)
+    tok = load_tokenizer(cfg.student)
+    records = D.load_split(cfg.dataset, "train", limit=cfg.train_samples, seed=cfg.seed)
+    examples, report = D.tokenize_records(records, tok, cfg.prompt_style, cfg.max_prompt_length, cfg.max_length)
+    n = len(examples)
+    # the batch order dakd.train draws at epoch 0 (a fresh generator seeded with cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.arange(n)[torch.randperm(n, generator=gen)].tolist()
+    batches = length_grouped(order, [len(e["input_ids"]) for e in examples], cfg.batch_size, gen)
+    print(f"{cfg.teacher} -> {cfg.student}, {report}; {len(batches)} steps of {cfg.batch_size}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    teacher = load_model(cfg.teacher).eval().requires_grad_(False)
+    vocab = check_pair(tok, tok, teacher, load_model(cfg.student))
+    collate = D.DistillCollator(tok.pad_token_id)
+
+    def make():
+        s = load_model(cfg.student)
+        s.config.use_cache = False
+        s.train()
+        opt = torch.optim.AdamW(s.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return s, opt
+
+    s_bare, opt_bare = make()
+    s_step, opt_step = make()
+    sched = get_cosine_schedule_with_warmup(opt_step, 0, len(batches) + 1)
+
+    def bare(b):
+        ids, attn, mask = b["input_ids"], b["attention_mask"], b["response_mask"][:, 1:]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            t = teacher(input_ids=ids, attention_mask=attn).logits
+        s = s_bare(input_ids=ids, attention_mask=attn).logits
+        loss = bdl(s[:, :-1, :vocab], t[:, :-1, :vocab], mask, lam=cfg.lam)
+        loss.backward()
+        opt_bare.step()
+        opt_bare.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    def step(b):
+        t0 = time.perf_counter()
+        n_tok = int(b["response_mask"][:, 1:].sum())
+        per_tok, t_logits = token_losses(cfg, s_step, teacher, b, vocab)
+        del t_logits
+        loss = per_tok.sum() / max(n_tok, 1)
+        if not torch.isfinite(loss):
+            raise RuntimeError("non-finite loss")
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(s_step.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise RuntimeError("non-finite gradient norm")
+        opt_step.step()
+        sched.step()
+        opt_step.zero_grad(set_to_none=True)
+        per_tok.detach().sum().item()
+        return time.perf_counter() - t0
+
+    warm = collate([examples[i] for i in batches[0]])
+    bare(warm), step(warm)  # warm-up: first-call costs and AdamW state, not timed
+    times = {"bare": [], "step": []}
+    for j, batch in enumerate(batches):
+        b = collate([examples[i] for i in batch])
+        for name in (("bare", "step") if j % 2 == 0 else ("step", "bare")):
+            times[name].append((bare if name == "bare" else step)(b))
+        print(f"step {j + 1}/{len(batches)} {tuple(b['input_ids'].shape)}: bare {times['bare'][-1]:.2f} s, "
+              f"step {times['step'][-1]:.2f} s", flush=True)
+    del s_bare, s_step, opt_bare, opt_step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = train(cfg.replace(output_dir=tmp))
+    cost = log["cost"]
+    if cost["iterations"] != len(batches):
+        raise SystemExit(f"dakd.train took {cost['iterations']} steps, expected {len(batches)}")
+    per = {k: sum(v) / len(v) for k, v in times.items()}
+    per["loop"] = cost["train_seconds"] / cost["iterations"]
+    print(f"\n| variant | s per step (mean of {len(batches)}) | / bare |\n|---|---|---|")
+    for k in ("bare", "step", "loop"):
+        print(f"| {k} | {per[k]:.3f} | {per[k] / per['bare']:.3f} |")
+    print(f"step / bare: {per['step'] / per['bare']:.3f}x; loop / bare: {per['loop'] / per['bare']:.3f}x "
+          f"(target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
