@@ -2,8 +2,12 @@
 
     python -m dakd.cli train --config request.json       # one training (any number of processes)
     python -m dakd.cli evaluate --config request.json --out eval.json  # data-parallel evaluation
+    python -m dakd.cli evaluate --config request.json --out eval.json --model DIR --datasets dolly
+                                                          # another model (an epoch's student), other sets
     python -m dakd.cli preset-params cpu runs/cpu/params  # one papermill YAML per run of a preset
     python -m dakd.cli preset-runs cpu                    # the run names of a preset, one per line
+    python -m dakd.cli preset-runs cpu-full --table table4  # the runs a table needs, in run order
+    python -m dakd.cli preset-tables cpu-full             # the tables of a preset, one per line
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return the exit status 0;
-    argparse exits with status 2 on bad arguments, and errors of the subcommand propagate."""
+    argparse exits with status 2 on bad arguments, and errors of the subcommand propagate (an
+    unknown preset or table: ValueError naming the known ones)."""
     p = argparse.ArgumentParser(prog="python -m dakd.cli")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one run from a config JSON")
@@ -24,11 +29,18 @@ def main(argv=None) -> int:
                                         "under accelerate launch); the main process writes --out")
     e.add_argument("--config", required=True)
     e.add_argument("--out", required=True)
+    e.add_argument("--model", default=None, help="evaluate this model folder instead of the run's own")
+    e.add_argument("--datasets", nargs="+", default=None, help="these sets instead of the run's eval_datasets")
     pp = sub.add_parser("preset-params", help="write one papermill parameter file per run of a preset")
     pp.add_argument("preset")
     pp.add_argument("folder")
-    pr = sub.add_parser("preset-runs", help="print the run names of a preset")
+    pr = sub.add_parser("preset-runs", help="print the run names of a preset (with --table: the runs that "
+                                            "table needs, its teacher-SFT runs included), in run order")
     pr.add_argument("preset")
+    pr.add_argument("--table", action="append", default=None,
+                    help="one of the preset's tables (preset-tables); may be repeated")
+    pt = sub.add_parser("preset-tables", help="print the tables (and figures) a preset makes")
+    pt.add_argument("preset")
     a = p.parse_args(argv)
     if a.cmd == "train":
         from .config import DistillConfig
@@ -44,7 +56,8 @@ def main(argv=None) -> int:
         from .train import write_json
 
         acc = Accelerator(cpu=not torch.cuda.is_available())
-        evals = evaluate_run(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), acc)
+        evals = evaluate_run(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), acc,
+                             model_path=a.model, datasets=a.datasets)
         if acc.is_main_process:
             write_json(a.out, evals)
         acc.wait_for_everyone()
@@ -54,9 +67,13 @@ def main(argv=None) -> int:
         for path in write_papermill_params(a.preset, a.folder):
             print(path)
     elif a.cmd == "preset-runs":
-        from .presets import get_preset
+        from .presets import get_preset, needed_runs
 
-        print("\n".join(get_preset(a.preset)))
+        print("\n".join(needed_runs(a.preset, a.table) if a.table else get_preset(a.preset)))
+    elif a.cmd == "preset-tables":
+        from .presets import get_tables
+
+        print("\n".join(get_tables(a.preset)))
     return 0
 
 

@@ -2,7 +2,10 @@
 evaluate, then write ``results.json``. A finished run with the same config hash is reused, never
 redone; a run is finished only once its ``results.json`` exists, and that file is written last and
 atomically, so a killed run never passes for a complete one. A ``results.json`` of another config
-in the same folder is kept as ``results.<its hash>.json`` when the new one is written.
+in the same folder is kept as ``results.<its hash>.json`` when the new one is written. A run whose
+teacher is another run's student (the paper's teacher-SFT stage) records that run's config hash and
+is redone when the teacher was retrained. With ``save_epoch_students`` every epoch's student is
+evaluated too (``epoch_eval``, the paper's Figure 1).
 """
 
 from __future__ import annotations
@@ -18,29 +21,81 @@ from pathlib import Path
 from .config import DistillConfig, run_metadata
 from .train import write_json
 
-METHOD_LABELS = {"teacher": "Teacher", "sft": "SFT", "kd": "KD", "dakd": "DA-KD"}
+METHOD_LABELS = {"teacher": "Teacher", "sft": "SFT", "seqkd": "SeqKD", "gkd": "GKD", "distillm": "DistiLLM"}
+# the paper's short loss names (Tables 1 and 5), by canonical loss name
+LOSS_LABELS = {"forward_kl": "KL", "reverse_kl": "RKL", "js_divergence": "JSD", "skew_kl": "SKL",
+               "skew_reverse_kl": "SRKL", "bdl": "BDL", "tv_distance": "TVD"}
+# Table 4's names of the DiffUp variants (METHOD.md 3), by selection mode
+SELECTION_LABELS = {"random": "w/o DDS", "top": "w/o SDU", "full": "w/o DiffUp"}
+# DA-KD's settings in the paper (METHOD.md 5); a run differing from them says so in its label
+DAKD_DEFAULTS = {"loss": "bdl", "selection": "dds", "lam": 0.9, "tau": 0.1, "schedule": "cosine"}
+
+
+def loss_label(loss: str) -> str:
+    """The paper's short name of a loss (KL, RKL, JSD, SKL, SRKL, BDL, TVD); aliases resolved.
+
+    Raises:
+        ValueError: unknown loss name.
+    """
+    from .losses import canonical_loss_name
+
+    return LOSS_LABELS[canonical_loss_name(loss)]
 
 
 def method_label(cfg: DistillConfig) -> str:
-    """Row name in the paper's tables: Teacher, SFT, KD-KL, KD-RKL, DA-KD (or DA-KD (w/o DDS) ...)."""
-    if cfg.method == "kd":
-        from .losses import canonical_loss_name
+    """Row name in the paper's tables.
 
-        short = {"forward_kl": "KL", "reverse_kl": "RKL"}  # the paper's row names; aliases resolved
-        return f"KD-{short.get(canonical_loss_name(cfg.loss), cfg.loss.upper())}"
+    Teacher (method "teacher", or an "sft" run whose student is the teacher model: the paper's
+    teacher-SFT stage, whose evaluation is the fine-tuned teacher's), SFT, SeqKD, GKD, DistiLLM,
+    KD-KL, KD-RKL (KD-JSD ... for other losses), and DA-KD; a DA-KD run that departs from the
+    paper's settings lists how, in Table 4/5 and sweep terms: "DA-KD (w/o DDS)", "(w/o SDU)",
+    "(w/o DiffUp)", "(KL)" ... "(SRKL)", "(lambda=0.7)", "(tau=0.3)", "(linear schedule)",
+    joined by ", " when several differ.
+    """
+    if cfg.method == "sft" and cfg.student == cfg.teacher:
+        return "Teacher"
+    if cfg.method == "kd":
+        return f"KD-{loss_label(cfg.loss)}"
     if cfg.method == "dakd":
-        extra = [] if cfg.loss == "bdl" else [cfg.loss.upper()]
-        extra += [] if cfg.selection == "dds" else [f"{cfg.selection} selection"]
+        extra = [] if cfg.selection == "dds" else [SELECTION_LABELS.get(cfg.selection, f"{cfg.selection} selection")]
+        extra += [] if loss_label(cfg.loss) == "BDL" else [loss_label(cfg.loss)]
+        if loss_label(cfg.loss) == "BDL" and cfg.lam != DAKD_DEFAULTS["lam"]:
+            extra.append(f"lambda={cfg.lam:g}")
+        if cfg.tau != DAKD_DEFAULTS["tau"] and cfg.selection == "dds":
+            extra.append(f"tau={cfg.tau:g}")
+        if cfg.schedule != DAKD_DEFAULTS["schedule"] and cfg.selection != "full":
+            extra.append(f"{cfg.schedule} schedule")
         return "DA-KD" + (f" ({', '.join(extra)})" if extra else "")
+    if cfg.method not in METHOD_LABELS:
+        raise ValueError(f"no table row name for method {cfg.method!r}")
     return METHOD_LABELS[cfg.method]
 
 
+def teacher_run(cfg: DistillConfig) -> dict | None:
+    """The finished run whose student is ``cfg.teacher`` (the paper's teacher-SFT stage):
+    {``output_dir``, ``config_hash``} from ``<teacher folder>/../results.json``; None when the
+    teacher is not a run's ``student`` folder, when ``cfg.method`` never loads the teacher ("sft"),
+    or when that run has no ``results.json`` yet."""
+    path = Path(cfg.teacher)
+    if cfg.method == "sft" or path.name != "student" or not (path.parent / "results.json").is_file():
+        return None
+    return {"output_dir": str(path.parent), "config_hash": json.loads((path.parent / "results.json").read_text())
+            .get("config_hash")}
+
+
 def load_complete(cfg: DistillConfig) -> dict | None:
-    """The run's ``results.json`` if it exists and was produced by the same config hash."""
+    """The run's ``results.json`` if it exists and was produced by the same config hash, and (for a
+    run whose teacher is another run's student) with the teacher run it records still being the
+    one in that folder: a retrained teacher makes every run distilled from it incomplete again."""
     path = Path(cfg.output_dir) / "results.json"
     if path.exists():
         res = json.loads(path.read_text())
         if res.get("config_hash") == cfg.config_hash():
+            now = teacher_run(cfg)
+            if now is not None and (res.get("teacher_run") or {}).get("config_hash") != now["config_hash"]:
+                print(f"[dakd] {cfg.output_dir}: its teacher {cfg.teacher} was retrained since "
+                      f"(config {now['config_hash']}): run again")
+                return None
             return res
     return None
 
@@ -116,25 +171,27 @@ def _launch_cli(cfg: DistillConfig, command: str, num_processes: int, cpu: bool,
     subprocess.run(cmd, check=True, env=launch_env(cpu))
 
 
-def evaluate_run(cfg: DistillConfig, accelerator=None) -> dict:
+def evaluate_run(cfg: DistillConfig, accelerator=None, model_path: str | Path | None = None,
+                 datasets: tuple[str, ...] | list[str] | None = None) -> dict:
     """Evaluate a run's model on every set of ``cfg.eval_datasets``: {dataset: `evaluate_model` dict}.
 
-    The model is ``cfg.teacher`` for method "teacher", else ``<output_dir>/student``. With an
-    ``accelerator`` of several processes each holds a full copy of the model and generates its
-    share of the prompts (data-parallel); all processes return the same dict. New tokens per
-    response: ``cfg.max_new_tokens``, capped by a set's own length where it has one (SAMSum 128,
-    GSM8K 256; `tasks.EVAL_SETS`).
+    The model is ``cfg.teacher`` for method "teacher", else ``<output_dir>/student``;
+    ``model_path`` names another one (an epoch's student, Figure 1) and ``datasets`` other sets,
+    with every other setting the run's. With an ``accelerator`` of several processes each holds a
+    full copy of the model and generates its share of the prompts (data-parallel); all processes
+    return the same dict. New tokens per response: ``cfg.max_new_tokens``, capped by a set's own
+    length where it has one (SAMSum 128, GSM8K 256; `tasks.EVAL_SETS`).
     """
     from .evaluate import evaluate_model
     from .models import load_model, load_tokenizer
     from .tasks import eval_spec
 
-    path = cfg.teacher if cfg.method == "teacher" else Path(cfg.output_dir) / "student"
+    path = model_path or (cfg.teacher if cfg.method == "teacher" else Path(cfg.output_dir) / "student")
     model, tok = load_model(path, cfg.dtype, cfg.trust_remote_code), load_tokenizer(path, cfg.trust_remote_code)
     if accelerator is not None:
         model = model.to(accelerator.device)
     evals = {}
-    for ds in cfg.eval_datasets:
+    for ds in datasets or cfg.eval_datasets:
         own = eval_spec(ds).max_new_tokens
         evals[ds] = evaluate_model(model, tok, ds, cfg.prompt_style, cfg.eval_seeds, cfg.eval_samples,
                                    min(cfg.max_new_tokens, own or cfg.max_new_tokens), cfg.eval_batch_size,
@@ -143,20 +200,61 @@ def evaluate_run(cfg: DistillConfig, accelerator=None) -> dict:
 
 
 def launch_evaluation(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False,
-                      config_file: str | None = None) -> dict:
+                      config_file: str | None = None, model_path: str | Path | None = None,
+                      datasets: tuple[str, ...] | list[str] | None = None) -> dict:
     """`evaluate_run` in this process (``num_processes == 1``), or data-parallel in ``accelerate
-    launch`` subprocesses (``python -m dakd.cli evaluate``), which write
-    ``<output_dir>/eval.json``; returns {dataset: evaluation dict}.
+    launch`` subprocesses (``python -m dakd.cli evaluate``), which write ``eval.json`` into
+    ``model_path`` (the run's own model: ``<output_dir>/eval.json``); returns {dataset:
+    evaluation dict}. ``model_path`` and ``datasets`` as in `evaluate_run`.
 
     Raises:
         subprocess.CalledProcessError: the evaluation failed.
     """
     if num_processes <= 1 and not cpu:
-        return evaluate_run(cfg)
-    result = Path(cfg.output_dir) / "eval.json"
+        return evaluate_run(cfg, model_path=model_path, datasets=datasets)
+    result = (Path(model_path) if model_path else Path(cfg.output_dir)) / "eval.json"
     result.unlink(missing_ok=True)
-    _launch_cli(cfg, "evaluate", num_processes, cpu, config_file, "--out", str(result))
+    extra = (["--model", str(model_path)] if model_path else []) + (["--datasets", *datasets] if datasets else [])
+    _launch_cli(cfg, "evaluate", num_processes, cpu, config_file, "--out", str(result), *extra)
     return json.loads(result.read_text())
+
+
+def epoch_students(cfg: DistillConfig) -> list[tuple[int, Path]]:
+    """(epoch, folder) of every student saved by a ``save_epoch_students`` run, by epoch:
+    ``<output_dir>/epoch_students/epoch{e}/``."""
+    folder = Path(cfg.output_dir) / "epoch_students"
+    found = [(int(p.name[len("epoch"):]), p) for p in folder.glob("epoch*")
+             if p.is_dir() and p.name[len("epoch"):].isdigit()]
+    return sorted(found)
+
+
+def evaluate_epochs(cfg: DistillConfig, log: dict, num_processes: int = 1, cpu: bool = False) -> list[dict]:
+    """Figure 1's points: every saved epoch student of the run evaluated on ``cfg.eval_datasets[0]``
+    with the final evaluation's settings (in this process or through the same accelerate launch).
+
+    Returns:
+        [{``epoch``, ``iterations_end`` (optimiser steps done when that epoch ended, from the train
+        log's epoch record), ``dataset``, ``metric``, ``score`` (0-100), ``score_std``,
+        ``num_prompts``}], by epoch.
+
+    Raises:
+        FileNotFoundError: ``save_epoch_students`` is set but an epoch's student is missing.
+        KeyError: an epoch record without ``iterations_end``.
+    """
+    saved = dict(epoch_students(cfg))
+    missing = [e["epoch"] for e in log["epochs"] if e["epoch"] not in saved]
+    if missing:
+        raise FileNotFoundError(f"{cfg.output_dir}/epoch_students: no student of epoch(s) {missing}")
+    ds = cfg.eval_datasets[0]
+    points = []
+    for rec in log["epochs"]:
+        ev = launch_evaluation(cfg, num_processes, cpu, model_path=saved[rec["epoch"]], datasets=(ds,))[ds]
+        points.append({"epoch": rec["epoch"], "iterations_end": rec["iterations_end"], "dataset": ds,
+                       "metric": ev["metric"], "score": ev["score"], "score_std": ev["score_std"],
+                       "num_prompts": ev["num_prompts"]})
+        print(f"[dakd] {method_label(cfg)} after epoch {rec['epoch']} ({rec['iterations_end']} iterations): "
+              f"{ds} {ev['metric']} {ev['score']:.2f}")
+    return points
 
 
 def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bool = False) -> dict:
@@ -165,14 +263,24 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
 
     Returns the dict written to ``<output_dir>/results.json``: the run metadata (config, hash,
     versions), ``label`` (table row), ``eval`` ({dataset: evaluation dict}), ``cost`` (Table 3
-    record; absent for the teacher), ``filter`` and ``seconds`` (wall-clock of training and of
-    evaluation).
+    record; absent for the teacher), ``filter``, ``seconds`` (wall-clock of training, of
+    evaluation and of the epoch evaluations), ``teacher_run`` (`teacher_run`, when the teacher is
+    another run's student) and, with ``cfg.save_epoch_students``, ``epoch_eval``: every epoch's
+    student on ``cfg.eval_datasets[0]`` (`evaluate_epochs`, the paper's Figure 1).
+
+    Raises:
+        FileNotFoundError: the teacher is another run's ``student`` folder that does not exist
+            (run the teacher-SFT run first).
     """
     if not force and (done := load_complete(cfg)) is not None:
         print(f"[dakd] {cfg.output_dir}: complete (config {cfg.config_hash()}), reused")
         return done
     import torch
 
+    teacher = Path(cfg.teacher)
+    if cfg.method != "sft" and teacher.name == "student" and not teacher.exists():
+        raise FileNotFoundError(f"teacher {cfg.teacher} does not exist: run {teacher.parent.name} first "
+                                f"(presets.needed_runs lists it)")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     t0 = time.perf_counter()
@@ -184,8 +292,13 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
     for ds, ev in evals.items():
         print(f"[dakd] {method_label(cfg)} on {ds}: {ev['metric']} {ev['score']:.2f} ({ev['num_prompts']} "
               f"prompts, {len(ev['per_seed'])} seed(s), {ev['num_processes']} process(es), {ev['seconds']:.0f}s)")
-    res = run_metadata(cfg) | {"label": method_label(cfg), "eval": evals,
-                               "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1}}
+    t2 = time.perf_counter()
+    res = run_metadata(cfg) | {"label": method_label(cfg), "eval": evals}
+    if log is not None and getattr(cfg, "save_epoch_students", False):
+        res["epoch_eval"] = evaluate_epochs(cfg, log, num_processes, cpu)
+    res["seconds"] = {"train": t1 - t0, "eval": t2 - t1, "epoch_eval": time.perf_counter() - t2}
+    if (tr := teacher_run(cfg)) is not None:
+        res["teacher_run"] = tr
     if log is not None:
         res |= {"cost": log["cost"], "filter": log["filter"], "num_samples": log["num_samples"]}
     _keep_previous_results(out, res["config_hash"])

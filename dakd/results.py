@@ -1,7 +1,14 @@
 """Tables and figures from a preset's run folders, with the paper's numbers beside ours.
 
 The paper's numbers live in ``dakd/paper_tables.json``, copied from He et al., DA-KD, ICML 2025
-(PMLR 267:22379-22391), Tables 1-5, as published.
+(PMLR 267:22379-22391), Tables 1-5, as published. One builder per table: `table1` (instruction
+following), `table2` (SAMSum, GSM8K), `table3` (training cost), `table4` (DiffUp ablation),
+`table5` (loss ablation), `lambda_sweep`, `tau_sweep`, `schedule_table`, and the figures `figure1`
+(ROUGE-L against iterations) and `lambda_figure`. Each takes the table's runs ({run name:
+``results.json`` contents}, e.g. `collect` restricted to ``presets.get_tables(preset)[table]``),
+finds each run's row from its config, and shows ours, the paper's value and ours minus the paper's
+side by side; an expected row without a run has run None and NaN numbers. A run that fits no row
+(or two runs one row) is a ValueError. Which paper pair is compared is in ``df.attrs["paper"]``.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-# the paper's Table 1 rows that the CPU preset's methods correspond to
-PAPER_METHODS = ("Teacher", "SFT", "KD-KL", "KD-RKL", "DA-KD")
+# the paper's Table 1 rows, in its order
+PAPER_METHODS = ("Teacher", "SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD")
+NAN = float("nan")
 
 
 @lru_cache(maxsize=1)
@@ -55,13 +63,13 @@ def paper_dolly(student: str) -> dict[str, float]:
     return paper_table1(student, "Dolly")
 
 
-_ORDER = {"teacher": 0, "sft": 1, "kd": 2, "dakd": 3}
+_ORDER = {"teacher": 0, "sft": 1, "kd": 2, "seqkd": 3, "gkd": 4, "distillm": 5, "dakd": 6}
 
 
 def collect(root: str | Path) -> dict[str, dict]:
     """Complete runs under ``root``: {run name: results.json contents (+ ``train_log``)}, in table
-    order (teacher, SFT, KD, DA-KD; then by folder name). A folder without ``results.json`` is an
-    unfinished run and is skipped."""
+    order (teacher, SFT, KD, SeqKD, GKD, DistiLLM, DA-KD; then by folder name). A folder without
+    ``results.json`` is an unfinished run and is skipped."""
     found = []
     for res_path in Path(root).glob("*/results.json"):
         method = json.loads(res_path.read_text())["config"]["method"]
@@ -129,6 +137,405 @@ def table1(runs: dict[str, dict], student: str = "Sheared-LLaMA-1.3B") -> pd.Dat
         row["Avg diff"] = row["Avg"] - row["Avg paper"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+# ------------------------------------------------------------------ shared pieces of the builders
+
+def _cfg(r: dict) -> dict:
+    """A run's config dict (``results.json["config"]``)."""
+    return r["config"]
+
+
+def _score(r: dict | None, ds: str) -> float:
+    """A run's score (ROUGE-L or accuracy, 0-100, mean over seeds) on ``ds``; NaN if not evaluated."""
+    ev = (r or {}).get("eval", {}).get(ds)
+    if not ev:
+        return NAN
+    return ev.get("score", ev.get("rougeL", NAN))
+
+
+def _rows(runs: dict[str, dict], key_of, expected: list, table: str) -> dict:
+    """{expected key: (run name, result) or None}; ValueError for a run matching no expected key
+    or two runs matching one."""
+    found: dict = {}
+    for name, r in runs.items():
+        k = key_of(r)
+        if k not in expected:
+            raise ValueError(f"{table}: run {name!r} ({r.get('label')}) is not a row of this table "
+                             f"(its key {k!r}; rows: {expected})")
+        if k in found:
+            raise ValueError(f"{table}: runs {found[k][0]!r} and {name!r} are both row {k!r}")
+        found[k] = (name, r)
+    return {k: found.get(k) for k in expected}
+
+
+def _common_sets(found: dict, datasets) -> list[str]:
+    """The instruction sets to show: ``datasets`` if given, else those every present run was
+    evaluated on (Table 1's column order); "dolly" when no run is present."""
+    if datasets is not None:
+        return list(datasets)
+    present = [x[1] for x in found.values() if x]
+    if not present:
+        return ["dolly"]
+    return [ds for ds in TABLE1_COLUMNS if all(ds in r["eval"] for r in present)]
+
+
+def _set_columns(row: dict, r: dict | None, sets: list[str], paper: dict | None) -> None:
+    """Fill ours / paper / diff for every set, then Avg over the sets (the paper's mean of the same
+    sets beside ours). ``paper``: {paper column: value} or None (no published row)."""
+    ours, theirs = [], []
+    for ds in sets:
+        col = TABLE1_COLUMNS.get(ds, ds)
+        row[col] = _score(r, ds)
+        row[f"{col} paper"] = (paper or {}).get(col, NAN)
+        row[f"{col} diff"] = row[col] - row[f"{col} paper"]
+        ours.append(row[col])
+        theirs.append(row[f"{col} paper"])
+    row["Avg"] = sum(ours) / len(ours) if ours else NAN
+    row["Avg paper"] = sum(theirs) / len(theirs) if theirs else NAN
+    row["Avg diff"] = row["Avg"] - row["Avg paper"]
+
+
+def _div(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 or NaN (a ratio to a missing or zero-cost row)."""
+    return a / b if b and b == b else NAN
+
+
+def _iterations(r: dict | None) -> float:
+    """Optimiser iterations of a run (NaN when absent or untrained)."""
+    cost = (r or {}).get("cost") or {}
+    return float(cost["iterations"]) if "iterations" in cost else NAN
+
+
+def _dakd_variant(vary: str):
+    """Key function for DA-KD runs that keep the paper's DA-KD settings except ``vary``: returns
+    that field's value (the loss by its paper short name), or None for any other run."""
+    from .pipeline import DAKD_DEFAULTS, loss_label
+
+    def key(r: dict):
+        c = _cfg(r)
+        if c["method"] != "dakd":
+            return None
+        for f, default in DAKD_DEFAULTS.items():
+            v, d = (loss_label(c[f]), loss_label(default)) if f == "loss" else (c[f], default)
+            if f != vary and v != d:
+                return None
+        return loss_label(c["loss"]) if vary == "loss" else c[vary]
+    return key
+
+
+def _frame(rows: list[dict], index: str, paper: str, note: str | None = None) -> pd.DataFrame:
+    """DataFrame indexed by ``index`` with ``attrs`` naming the paper source (and a note)."""
+    df = pd.DataFrame(rows).set_index(index)
+    df.attrs["paper"] = paper
+    if note:
+        df.attrs["note"] = note
+    return df
+
+
+PAPER_PAIR_ABLATIONS = "Llama2-7B -> Sheared-LLaMA-1.3B"
+
+
+# ------------------------------------------------------------------------------------ the tables
+
+TABLE2_METHODS = ("Teacher", "SFT", "KD-KL", "KD-RKL", "GKD", "DistiLLM", "DA-KD")
+# our set -> (column name, metric key in the paper's Table 2 entries)
+TABLE2_COLUMNS = {"samsum": ("SAMSum ROUGE-L", "samsum_rougeL"), "gsm8k": ("GSM8K accuracy", "gsm8k_acc")}
+
+
+def paper_table2(family: str) -> tuple[str, dict]:
+    """The paper's Table 2 entries of one model family: (its full name, {method: {metric: value}}).
+
+    Args:
+        family: "Llama2", "Qwen2.5" or "Llama3.2" (case-insensitive prefix of the published
+            family name, e.g. "Llama2 (7B→1.3B)").
+
+    Raises:
+        ValueError: no family or several families start with ``family``.
+    """
+    rows = paper_tables()["table2_task_specific"]["rows"]
+    hits = [r for r in rows if r["family"].lower().startswith(family.lower())]
+    if len(hits) != 1:
+        raise ValueError(f"Table 2 family {family!r} matches {len(hits)}; known: {[r['family'] for r in rows]}")
+    return hits[0]["family"], {k: v for k, v in hits[0].items() if k != "family"}
+
+
+def table2(runs: dict[str, dict], family: str = "Llama2") -> pd.DataFrame:
+    """Table 2 layout: one row per method (Teacher, SFT, KD-KL, KD-RKL, GKD, DistiLLM, DA-KD), SAMSum
+    ROUGE-L (x100) and GSM8K zero-shot accuracy (%), each with the paper's value for ``family``
+    (`paper_table2`: "Llama2" 7B->1.3B, "Qwen2.5" 7B->1.5B, "Llama3.2" 3B->1B) and ours minus it,
+    and the run that gave it.
+
+    A run is placed by its label (row) and by each of SAMSum / GSM8K it was evaluated on (column);
+    a missing (method, set) pair has run None and NaN.
+
+    Raises:
+        ValueError: unknown family; a run that is not one of the rows or evaluated on neither set;
+            two runs for one (method, set).
+    """
+    fam, paper = paper_table2(family)
+    cells: dict = {}
+    for name, r in runs.items():
+        sets = [ds for ds in TABLE2_COLUMNS if ds in r["eval"]]
+        if r["label"] not in TABLE2_METHODS or not sets:
+            raise ValueError(f"table2: run {name!r} ({r['label']}, evaluated on {list(r['eval'])}) is not a "
+                             f"row of Table 2 (methods {TABLE2_METHODS}, sets {list(TABLE2_COLUMNS)})")
+        for ds in sets:
+            if (r["label"], ds) in cells:
+                raise ValueError(f"table2: runs {cells[r['label'], ds][0]!r} and {name!r} are both "
+                                 f"{r['label']} on {ds}")
+            cells[r["label"], ds] = (name, r)
+    rows = []
+    for m in TABLE2_METHODS:
+        row = {"method": m}
+        for ds, (col, key) in TABLE2_COLUMNS.items():
+            name, r = cells.get((m, ds), (None, None))
+            row[col] = _score(r, ds)
+            row[f"{col} paper"] = paper.get(m, {}).get(key, NAN)
+            row[f"{col} diff"] = row[col] - row[f"{col} paper"]
+            row[f"{col} run"] = name
+        rows.append(row)
+    return _frame(rows, "method", f"Table 2, {fam}")
+
+
+TABLE3_METHODS = ("SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD")
+
+
+def table3(runs: dict[str, dict]) -> pd.DataFrame:
+    """Table 3 layout: training cost per method, ours beside the paper's (Llama2-7B ->
+    Sheared-LLaMA-2.7B on 4 x A800).
+
+    Columns: ``iterations`` (optimiser steps), ``minutes`` (training wall-clock: DDS scoring plus
+    distillation, ``cost["total_seconds"] / 60``; model loading and evaluation excluded), ``DDS
+    minutes``, ``DDS share`` (% of minutes), ``iterations / KD-KL`` and ``minutes / KD-KL`` (ratio to
+    the KD-KL row of the same table), then the paper's value of each (the paper gives the DDS split
+    for DA-KD only: NaN elsewhere) and ``diff`` columns, ours minus the paper's, for the ratios and
+    the DDS share only: absolute minutes and iterations on other hardware, batch and data sizes
+    do not compare, their ratios to KD do. A missing method has run None and NaN.
+
+    Raises:
+        ValueError: a run that is not one of the rows, or two runs of one method.
+    """
+    pub = paper_tables()["table3_training_cost_llama2_7b_to_2p7b_4xA800"]
+    p_rows = {r["method"]: r for r in pub["rows"]}
+    found = _rows(runs, lambda r: r["label"], list(TABLE3_METHODS), "table3")
+    ours = {}
+    for m, x in found.items():
+        cost = (x[1].get("cost") or {}) if x else {}
+        total = cost.get("total_seconds", cost.get("train_seconds", NAN) + cost.get("dds_seconds", 0.0)) if cost else NAN
+        ours[m] = {"run": x[0] if x else None, "iterations": float(cost.get("iterations", NAN)) if cost else NAN,
+                   "minutes": total / 60, "DDS minutes": cost.get("dds_seconds", NAN) / 60 if cost else NAN}
+    p_dds = pub["dakd_minutes_split"]["dds_scoring"]
+    kd, pkd = ours["KD-KL"], p_rows["KD-KL"]
+    rows = []
+    for m in TABLE3_METHODS:
+        o, p = ours[m], p_rows[m]
+        row = {"method": m, **o, "DDS share": 100 * _div(o["DDS minutes"], o["minutes"]),
+               "iterations / KD-KL": _div(o["iterations"], kd["iterations"]),
+               "minutes / KD-KL": _div(o["minutes"], kd["minutes"]),
+               "paper iterations": float(p["iterations"]), "paper minutes": p["minutes"],
+               "paper DDS minutes": p_dds if m == "DA-KD" else NAN,
+               "paper DDS share": 100 * p_dds / p["minutes"] if m == "DA-KD" else NAN,
+               "paper iterations / KD-KL": p["iterations"] / pkd["iterations"],
+               "paper minutes / KD-KL": p["minutes"] / pkd["minutes"]}
+        for c in ("iterations / KD-KL", "minutes / KD-KL", "DDS share"):
+            row[f"{c} diff"] = row[c] - row[f"paper {c}"]
+        rows.append(row)
+    return _frame(rows, "method", "Table 3, Llama2-7B -> Sheared-LLaMA-2.7B, 4 x A800 (batch 8 per GPU: "
+                  "32 samples per iteration)")
+
+
+# Table 4's rows: selection mode -> (row name, the paper's variant name in paper_tables.json)
+TABLE4_ROWS = {"dds": ("DiffUp (full DA-KD)", "DiffUp (full DA-KD)"),
+               "random": ("w/o DDS", "w/o DDS (random subset, same schedule)"),
+               "top": ("w/o SDU", "w/o SDU (all samples from the high-DDS partition)"),
+               "full": ("w/o DiffUp", "w/o DiffUp (full data every epoch)")}
+
+
+def table4(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
+    """Table 4 layout (DiffUp ablation, BDL throughout): rows DiffUp (DDS + SDU), w/o DDS (random
+    subset of the same size), w/o SDU (all from the high-DDS part), w/o DiffUp (full data every
+    epoch); ROUGE-L on each set (``datasets``, default: those every present run has) with the
+    paper's value (Llama2-7B -> Sheared-LLaMA-1.3B) and ours minus it, the average over those sets
+    beside the paper's average over the same sets, and iterations.
+
+    Raises:
+        ValueError: a run that is not a DA-KD run with the paper's settings except ``selection``,
+            or two runs of one row.
+    """
+    paper = {r["variant"]: r for r in paper_tables()["table4_diffup_ablation_llama2_7b_to_1p3b"]}
+    found = _rows(runs, _dakd_variant("selection"), list(TABLE4_ROWS), "table4")
+    sets = _common_sets(found, datasets)
+    rows = []
+    for sel, (label, variant) in TABLE4_ROWS.items():
+        name, r = found[sel] or (None, None)
+        row = {"variant": label, "run": name}
+        _set_columns(row, r, sets, paper[variant])
+        row["iterations"] = _iterations(r)
+        rows.append(row)
+    return _frame(rows, "variant", f"Table 4, {PAPER_PAIR_ABLATIONS}")
+
+
+TABLE5_ROWS = ("KL", "RKL", "JSD", "SKL", "SRKL", "BDL")
+
+
+def table5(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
+    """Table 5 layout (loss ablation, all with DiffUp): rows KL, RKL, JSD, SKL, SRKL, BDL; columns as
+    `table4`, paper values of Llama2-7B -> Sheared-LLaMA-1.3B.
+
+    Raises:
+        ValueError: a run that is not a DA-KD run with the paper's settings except ``loss``, or two
+            runs of one loss.
+    """
+    paper = {r["loss"]: r for r in paper_tables()["table5_loss_ablation_with_diffup_llama2_7b_to_1p3b"]}
+    found = _rows(runs, _dakd_variant("loss"), list(TABLE5_ROWS), "table5")
+    sets = _common_sets(found, datasets)
+    rows = []
+    for loss in TABLE5_ROWS:
+        name, r = found[loss] or (None, None)
+        row = {"loss": loss, "run": name}
+        _set_columns(row, r, sets, paper[loss])
+        row["iterations"] = _iterations(r)
+        rows.append(row)
+    return _frame(rows, "loss", f"Table 5, {PAPER_PAIR_ABLATIONS}")
+
+
+def _sweep(runs: dict[str, dict], field: str, values, datasets, table: str, note: str) -> pd.DataFrame:
+    """One row per value of a DA-KD setting: the score on each set, their average, iterations and
+    the last epoch's training loss; no paper columns (``attrs["note"]`` says what was published)."""
+    found = _rows(runs, _dakd_variant(field), list(values), table)
+    sets = _common_sets(found, datasets)
+    rows = []
+    for v in values:
+        name, r = found[v] or (None, None)
+        row = {field: v, "run": name}
+        for ds in sets:
+            row[TABLE1_COLUMNS.get(ds, ds)] = _score(r, ds)
+        row["Avg"] = sum(row[TABLE1_COLUMNS.get(ds, ds)] for ds in sets) / len(sets) if sets else NAN
+        row["iterations"] = _iterations(r)
+        epochs = ((r or {}).get("train_log") or {}).get("epochs") or []
+        row["last epoch loss (nats/token)"] = epochs[-1]["mean_loss"] if epochs else NAN
+        rows.append(row)
+    return _frame(rows, field, "none published", note)
+
+
+def lambda_sweep(runs: dict[str, dict], lams=None, datasets=None) -> pd.DataFrame:
+    """DA-KD with BDL at each lambda (default: ``presets.LAMBDAS``), one row each. The paper
+    publishes no numbers for it, only a figure (``attrs["note"]`` quotes paper_tables.json:
+    0.5 degrades, the loss being identically zero there; 0.6-0.9 gain; best at 0.9).
+
+    Raises:
+        ValueError: a run that is not DA-KD with the paper's settings except ``lam``.
+    """
+    from .presets import LAMBDAS
+
+    return _sweep(runs, "lam", lams or LAMBDAS, datasets, "lambda_sweep",
+                  "The paper publishes no numbers for the lambda sweep: " + paper_tables()["lambda_sweep_fig4"])
+
+
+def tau_sweep(runs: dict[str, dict], taus=None, datasets=None) -> pd.DataFrame:
+    """DA-KD at each tau (share of the subset drawn from the low-DDS part; default
+    ``presets.TAUS``), one row each; the paper gives no numbers for tau (it uses 0.1).
+
+    Raises:
+        ValueError: a run that is not DA-KD with the paper's settings except ``tau``.
+    """
+    from .presets import TAUS
+
+    return _sweep(runs, "tau", taus or TAUS, datasets, "tau_sweep",
+                  "The paper publishes no numbers for tau; it uses tau = 0.1.")
+
+
+def schedule_table(runs: dict[str, dict], schedules=("cosine", "linear"), datasets=None) -> pd.DataFrame:
+    """DA-KD with each selection-ratio schedule (Eq. 2: cosine, the paper's, and linear), one row
+    each, with iterations (the schedules keep different shares of the data); the paper gives no
+    numbers for the comparison.
+
+    Raises:
+        ValueError: a run that is not DA-KD with the paper's settings except ``schedule``.
+    """
+    return _sweep(runs, "schedule", schedules, datasets, "schedules",
+                  "The paper publishes no numbers for the schedule comparison; it uses cosine.")
+
+
+# ------------------------------------------------------------------------------------ the figures
+
+def figure1_points(runs: dict[str, dict]) -> pd.DataFrame:
+    """Figure 1's points: one row per (run, epoch) of each run's ``epoch_eval`` (results.json):
+    run, curve label, epoch, iterations at the end of that epoch, score (ROUGE-L x100) and set.
+    A run without ``epoch_eval`` (trained without ``save_epoch_students``) gives one row with NaN
+    score and iterations, so its absence shows."""
+    rows = []
+    for name, r in runs.items():
+        c = _cfg(r)
+        label = "KD, full data (BDL)" if c["method"] == "dakd" and c["selection"] == "full" else r["label"]
+        pts = r.get("epoch_eval") or []
+        if not pts:
+            rows.append({"run": name, "curve": label, "epoch": NAN, "iterations": NAN, "score": NAN, "dataset": None})
+        for p in pts:
+            rows.append({"run": name, "curve": label, "epoch": p["epoch"], "iterations": p["iterations_end"],
+                         "score": p["score"], "dataset": p["dataset"]})
+    return pd.DataFrame(rows, columns=["run", "curve", "epoch", "iterations", "score", "dataset"])
+
+
+def figure1(runs: dict[str, dict], path: str | Path) -> Path:
+    """Draw the paper's Figure 1 from ``epoch_eval``: ROUGE-L after each epoch against training
+    iterations, one line per run (DA-KD; full-data KD with the same loss, BDL). Runs without
+    points are named in the title as missing. Returns ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = figure1_points(runs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    missing = []
+    for (name, curve), g in pts.groupby(["run", "curve"], sort=False):
+        g = g.dropna(subset=["score"])
+        if g.empty:
+            missing.append(name)
+            continue
+        ax.plot(g["iterations"], g["score"], marker="o", label=f"{curve} ({name})")
+        for _, p in g.iterrows():
+            ax.annotate(f"e{int(p['epoch'])}", (p["iterations"], p["score"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ds = pts["dataset"].dropna()
+    ax.set_xlabel("training iterations (optimiser steps)")
+    ax.set_ylabel(f"ROUGE-L on {ds.iloc[0] if len(ds) else 'dolly'} (x100)")
+    ax.set_title("ROUGE-L against iterations (paper Figure 1)" + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if len(ds):
+        ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(path))
+
+
+def lambda_figure(runs: dict[str, dict], path: str | Path, lams=None, dataset: str = "dolly") -> Path:
+    """Score on ``dataset`` against BDL's lambda (`lambda_sweep`), the paper's 0.9 marked; the
+    paper publishes the figure without numbers (the title says so). Returns ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = lambda_sweep(runs, lams, [dataset]).reset_index()
+    col = TABLE1_COLUMNS.get(dataset, dataset)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(df["lam"], df[col], marker="o", label="ours")
+    ax.axvline(0.9, ls="--", c="gray", label="paper's lambda (0.9)")
+    ax.axvline(0.5, ls=":", c="crimson", label="0.5: BDL identically 0")
+    ax.set_xlabel("lambda (BDL, Eq. 4)")
+    ax.set_ylabel(f"ROUGE-L on {dataset} (x100)")
+    ax.set_title("DA-KD against lambda (paper: a figure, no numbers published)")
+    ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(path))
+
+
+def table_json(df: pd.DataFrame) -> dict:
+    """A table as JSON-ready dict: ``rows`` (records, index included, NaN as None), ``paper`` and
+    ``note`` from ``df.attrs``."""
+    return {"rows": json.loads(df.reset_index().to_json(orient="records")), "paper": df.attrs.get("paper"),
+            "note": df.attrs.get("note")}
 
 
 def epoch_table(runs: dict[str, dict]) -> pd.DataFrame:
