@@ -370,3 +370,37 @@ def test_shape_mismatch_raises_naming_both_shapes():
         L.reverse_kl(s.view(6, 5), s.view(6, 5), None)
     with pytest.raises(ValueError, match="chunk_size"):
         L.bdl(s, s, None, chunk_size=0)
+
+
+# ---- the fused value-and-gradient kernels
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_nan_logits_give_a_nan_loss_not_a_silent_zero(name, kw):
+    # training stops on a non-finite loss (NonFiniteLossError): a nan must reach the loss
+    s = logits(2, 5, 13, seed=140, dtype=torch.float32)
+    t = logits(2, 5, 13, seed=141, dtype=torch.float32)
+    s[0, 2, 5] = float("nan")
+    assert torch.isnan(L.LOSSES[name](s, t, MASK, **kw))
+    s[0, 2, 5], t[1, 3, 0] = 0.0, float("nan")
+    assert torch.isnan(L.LOSSES[name](s, t, MASK, **kw))
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_backward_twice_with_retain_graph_gives_the_same_gradient(name, kw):
+    # backward scales the gradient rows kept by forward: it must not scale them in place
+    s = logits(2, 5, 13, seed=150, dtype=torch.float32).requires_grad_()
+    t = logits(2, 5, 13, seed=151, dtype=torch.float32).requires_grad_()
+    loss = L.LOSSES[name](s, t, MASK, **kw) * 3.0
+    g1 = torch.autograd.grad(loss, (s, t), retain_graph=True)
+    g2 = torch.autograd.grad(loss, (s, t))
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def test_student_only_gradient_equals_the_one_computed_with_the_teacher_gradient():
+    # the kernels skip the teacher's gradient when the teacher logits need none (training)
+    s, t = logits(2, 5, 13, seed=160), logits(2, 5, 13, seed=161)
+    _, gs_both, _ = grads(L.bdl, s, t, MASK)
+    s1 = s.clone().requires_grad_()
+    L.bdl(s1, t, MASK).backward()
+    torch.testing.assert_close(s1.grad, gs_both, rtol=0, atol=0)
