@@ -23,6 +23,22 @@ from dakd.presets import get_preset
     ({"max_prompt_length": 600, "max_length": 512}, "max_prompt_length"),
     ({"epochs": 0}, "epochs"),
     ({"micro_batch_size": 0}, "micro_batch_size"),
+    ({"method": "gkd", "beta": 1.5}, "beta"),
+    ({"student_data_fraction": -0.1}, "student_data_fraction"),
+    ({"student_data_fraction": float("nan")}, "student_data_fraction"),
+    ({"gen_max_new_tokens": 0}, "gen_max_new_tokens"),
+    ({"gen_temperature": 0.0}, "gen_temperature"),
+    ({"gen_temperature": float("inf")}, "gen_temperature"),
+    ({"sgo_init_prob": 1.2}, "sgo_init_prob"),
+    ({"sgo_prob_step": -0.1}, "sgo_prob_step"),
+    ({"sgo_max_prob": 2.0}, "sgo_max_prob"),
+    ({"sgo_init_prob": 0.5, "sgo_max_prob": 0.4}, "sgo_init_prob"),
+    ({"sgo_loss_eps": -0.01}, "sgo_loss_eps"),
+    ({"replay_buffer_size": 0}, "replay_buffer_size"),
+    ({"sgo_val_samples": 0}, "sgo_val_samples"),
+    ({"method": "gkd", "loss": "forward_kl"}, "loss of method 'gkd'"),
+    ({"method": "distillm", "loss": "reverse_kl"}, "loss of method 'distillm'"),
+    ({"dataset": "vicuna"}, "dataset"),
 ])
 def test_config_rejects_invalid_fields(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -46,6 +62,28 @@ def test_config_hash_ignores_output_dir_but_not_results_settings():
     assert a.config_hash() != a.replace(lam=0.8).config_hash()
     assert a.config_hash() != a.replace(seed=1).config_hash()
     assert a.config_hash() != a.replace(eval_seeds=(10,)).config_hash()
+
+
+def test_baseline_methods_resolve_their_loss():
+    # the default loss "bdl" stands for the method's own; DistiLLM's other variant is selectable
+    assert DistillConfig(method="gkd").loss == "js_divergence"
+    assert DistillConfig(method="distillm").loss == "skew_reverse_kl"
+    assert DistillConfig(method="distillm", loss="skl").loss == "skl"
+    assert DistillConfig(method="seqkd").loss == "bdl"  # ignored: SeqKD trains with cross-entropy
+    for method in ("seqkd", "gkd", "distillm"):
+        assert DistillConfig(method=method, dataset="gsm8k").dataset == "gsm8k"
+
+
+def test_new_fields_change_the_hash_only_when_set():
+    a = DistillConfig()
+    # the hash a default config had before the baseline fields existed (commit e892047)
+    assert a.config_hash() == "6a87ee9a595d"
+    changed = {"beta": 0.3, "student_data_fraction": 0.9, "gen_max_new_tokens": 128, "gen_temperature": 0.8,
+               "sgo_init_prob": 0.1, "sgo_prob_step": 0.2, "sgo_loss_eps": 0.2, "sgo_max_prob": 0.5,
+               "replay_buffer_size": 10, "sgo_val_samples": 5, "method": "gkd", "dataset": "samsum"}
+    hashes = {a.replace(**{k: v}).config_hash() for k, v in changed.items()}
+    assert len(hashes) == len(changed) and a.config_hash() not in hashes
+    assert a.replace(save_epoch_students=True).config_hash() == a.config_hash()
 
 
 def test_from_dict_rejects_unknown_fields():
@@ -104,8 +142,9 @@ def test_method_label_names_the_table_rows(run, label):
 
 def test_method_label_marks_ablations():
     c = get_preset("cpu")["dakd"]
-    assert method_label(c.replace(selection="random")) == "DA-KD (random selection)"
-    assert method_label(c.replace(loss="forward_kl")) == "DA-KD (FORWARD_KL)"
+    # Table 4 / Table 5 names (pipeline.SELECTION_LABELS, LOSS_LABELS)
+    assert method_label(c.replace(selection="random")) == "DA-KD (w/o DDS)"
+    assert method_label(c.replace(loss="forward_kl")) == "DA-KD (KL)"
 
 
 # ---------------------------------------------------------------- pipeline.run
