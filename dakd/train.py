@@ -1,4 +1,5 @@
-"""One training loop for SFT, KD with any registered loss, and DA-KD (DiffUp + BDL, Algorithm 1).
+"""One training loop for SFT, KD with any registered loss, DA-KD (DiffUp + BDL, Algorithm 1) and the
+SeqKD, GKD and DistiLLM baselines (their generation, replay buffer and schedules: `dakd.baselines`).
 
 The loop runs on accelerate, so the same code serves one CPU, one GPU and many processes. Batches
 are global (``cfg.batch_size`` samples per optimiser step over all processes); each process takes a
@@ -8,7 +9,17 @@ whole global batch, so every response token weighs the same however the batch is
 
 Each run writes into ``cfg.output_dir``: ``config.json`` (resolved config, hash, versions),
 ``train_log.json`` (filter report, per-epoch records, the Table 3 cost record), ``student/`` (final
-weights, safetensors) and ``checkpoint/`` (the last finished epoch, for resume).
+weights, safetensors) and ``checkpoint/`` (the last finished epoch, for resume); with
+``save_epoch_students`` also ``epoch_students/epoch{e}/`` after every epoch, and for SeqKD
+``seqkd_data.jsonl`` (the teacher-generated training set).
+
+Training data: ``cfg.dataset`` "dolly" comes from `data.load_split`, the task-specific "samsum" and
+"gsm8k" (Table 2) from `tasks.load_task`; ``train_samples`` draws the same seeded subset from either.
+
+Resume: kd, dakd and sft resume exactly. gkd and distillm keep their coins and generation seeds in
+the checkpointed generator and DistiLLM's SGO state in ``state.json``; the replay buffer is saved
+with a single process (resume then equals an uninterrupted run) and starts empty on resume with
+several processes.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +39,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from . import baselines as B
 from . import data as D
+from . import tasks as TK
 from .config import DistillConfig, run_metadata
 from .difficulty import difficulty_scores, response_ce, save_tensor, score_dataset, teacher_ce_cached
 from .losses import canonical_loss_name, get_per_token_loss
@@ -54,29 +68,34 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def _loss_params(cfg: DistillConfig) -> dict:
-    """The config's weight for ``cfg.loss``: lam for BDL, alpha for the skew losses, else none."""
+    """The config's weight for ``cfg.loss``: lam for BDL, alpha for the skew losses, beta for the
+    generalized JSD, else none."""
     name = canonical_loss_name(cfg.loss)
     if name == "bdl":
         return {"lam": cfg.lam}
     if name in ("skew_kl", "skew_reverse_kl"):
         return {"alpha": cfg.alpha}
+    if name == "js_divergence":
+        return {"beta": cfg.beta}
     return {}
 
 
 def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int):
     """Per-token training loss for one micro-batch, and the teacher's logits.
 
-    SFT: cross-entropy of the ground-truth token. KD/DA-KD: ``cfg.loss`` between the teacher's and
-    the student's next-token distributions over the shared vocabulary ``[:vocab]``.
+    SFT and SeqKD: cross-entropy of the batch's response token (ground truth, or the teacher's
+    generation for SeqKD). KD/DA-KD/GKD/DistiLLM: ``cfg.loss`` between the teacher's and the
+    student's next-token distributions over the shared vocabulary ``[:vocab]``, on whatever
+    response the batch holds (ground truth or student-generated).
 
     Returns:
         (``[B, T-1]`` float32 nats, zero off the response mask; teacher logits ``[B, T, V_t]`` or
-        None for SFT).
+        None for SFT and SeqKD).
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask = batch["response_mask"][:, 1:]
     s_logits = student(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    if cfg.method == "sft":
+    if cfg.method in ("sft", "seqkd"):
         ce = F.cross_entropy(s_logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
         return ce.masked_fill(~mask, 0.0), None
     with torch.no_grad():
@@ -108,15 +127,79 @@ def epoch_plan(cfg: DistillConfig, n: int) -> list[int]:
     return [subset_size(selection_ratio(e, cfg.epochs, cfg.schedule), n) for e in range(cfg.epochs)]
 
 
-def _save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: dict) -> None:
-    """Atomically replace ``out/checkpoint`` with the state after a finished epoch."""
+def load_train_records(cfg: DistillConfig, hold_out: int = 0) -> tuple[list[dict], list[dict]]:
+    """The training records of a run, and the records held out of them.
+
+    "dolly" (or any `data.DATASETS` set with a train split) comes from `data.load_split`; the
+    task-specific "samsum" and "gsm8k" from `tasks.load_task` (instruction records). With
+    ``train_samples`` the same seeded subset rule applies to both: ``random.Random(cfg.seed).sample``
+    over record positions, kept in file order. ``hold_out`` > 0 first sets the file's last
+    ``hold_out`` records aside (DistiLLM's validation slice of a set without a dev split).
+
+    Returns:
+        (training records, held-out records in file order).
+
+    Raises:
+        ValueError: unknown data set, train_samples < 1, or hold_out leaving no training record.
+        DataError, FileNotFoundError: as the loaders.
+    """
+    if cfg.dataset in TK.TASK_FILES:
+        D.check_split(TK.TASK_FILES, cfg.dataset, "train", cfg.train_samples, kind="task")
+        records = TK.load_task(cfg.dataset, "train")
+    elif hold_out == 0:
+        return D.load_split(cfg.dataset, "train", limit=cfg.train_samples, seed=cfg.seed), []
+    else:
+        D.check_split(D.DATASETS, cfg.dataset, "train", cfg.train_samples)
+        records = D.load_split(cfg.dataset, "train")
+    if not 0 <= hold_out < len(records):
+        raise ValueError(f"cannot hold out {hold_out} of the {len(records)} {cfg.dataset} training records")
+    pool, held = records[:len(records) - hold_out], records[len(records) - hold_out:]
+    limit = cfg.train_samples
+    if limit is not None and limit < len(pool):
+        keep = sorted(random.Random(cfg.seed).sample(range(len(pool)), limit))
+        pool = [pool[i] for i in keep]
+    return pool, held
+
+
+def sgo_validation_source(dataset: str) -> str:
+    """Where DistiLLM's validation records come from: "dev" (the set's dev split) or "held_out"
+    (the last records of its train file, for a set without a dev split, e.g. GSM8K)."""
+    has_dev = "dev" in D.DATASETS.get(dataset, {}) or "dev" in TK.TASK_FILES.get(dataset, {})
+    return "dev" if has_dev else "held_out"
+
+
+def _configure_deepspeed(accelerator, cfg: DistillConfig) -> dict | None:
+    """Fill the DeepSpeed config that accelerate would take from a DataLoader (this loop prepares
+    none): ``train_micro_batch_size_per_gpu`` = ``cfg.micro_batch_size``, and when "auto" (or
+    absent) ``gradient_accumulation_steps`` = micro-batches per process per global batch,
+    ceil(ceil(batch_size / processes) / micro_batch_size), and ``train_batch_size`` = their product
+    with the number of processes. Returns the updated config dict, or None without DeepSpeed.
+    DeepSpeed steps on its own accumulation boundary, so a global batch that holds fewer samples
+    (the last of an epoch, or a DA-KD subset) shifts it: keep subset sizes multiples of batch_size
+    when that matters."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    ds = plugin.deepspeed_config
+    world = accelerator.num_processes
+    ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    if ds.get("gradient_accumulation_steps", "auto") == "auto":
+        ds["gradient_accumulation_steps"] = max(1, math.ceil(math.ceil(cfg.batch_size / world) / cfg.micro_batch_size))
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = cfg.micro_batch_size * ds["gradient_accumulation_steps"] * world
+    return ds
+
+
+def _save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: dict, extra: dict | None = None) -> None:
+    """Atomically replace ``out/checkpoint`` with the state after a finished epoch; ``extra``
+    (plain containers and tensors) goes into ``trainer_state.pt`` beside optimizer and scheduler."""
     if not accelerator.is_main_process:
         return
     final, tmp = out / "checkpoint", out / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(student).save_pretrained(tmp / "student")
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "generator": gen.get_state()}, tmp / "trainer_state.pt")
+                "generator": gen.get_state(), "extra": extra or {}}, tmp / "trainer_state.pt")
     write_json(tmp / "state.json", state)
     # a directory cannot replace a non-empty one in one rename: the previous checkpoint goes to
     # .old first, and .old is only deleted once the new one is in place (resume reads .old when
@@ -188,15 +271,28 @@ def _data_hash(examples: list[dict]) -> str:
 def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     """Run one distillation (or SFT) and write its JSON records; returns the train log.
 
-    Method ``sft`` never loads the teacher. ``kd`` trains on all samples every epoch with
-    ``cfg.loss``. ``dakd`` follows Algorithm 1: epoch 0 on all of D; at each later epoch the student's
-    response CE over all of D gives DDS (with the cached teacher CE) and ``cfg.selection`` picks
-    round(r(e) * N) samples.
+    Method ``sft`` never loads the teacher (a run with ``student`` = a teacher's name is the
+    paper's teacher SFT stage; a later run names ``<its output_dir>/student`` as its teacher).
+    ``kd`` trains on all samples every epoch with ``cfg.loss``. ``dakd`` follows Algorithm 1: epoch 0
+    on all of D; at each later epoch the student's response CE over all of D gives DDS (with the
+    cached teacher CE) and ``cfg.selection`` picks round(r(e) * N) samples. ``seqkd`` is SFT on
+    teacher-generated responses (`baselines.seqkd_records`; the teacher is loaded only when they
+    are not cached); ``gkd`` and ``distillm`` train on all samples every epoch and take each global
+    batch's responses from the student's own generations with the probabilities of
+    `dakd.baselines` (GKD: ``student_data_fraction``; DistiLLM: the adaptive SGO rule with a replay
+    buffer, its validation loss measured before every epoch).
 
     Returns:
-        dict with ``filter`` (counts of dropped/truncated samples), ``epochs`` (per-epoch records:
-        ratio, subset size, strata counts, DDS quantiles, mean loss in nats/token, seconds) and
-        ``cost`` (iterations, seconds split into ``dds_seconds`` and ``train_seconds``, tokens seen).
+        dict with ``filter`` (counts of dropped/truncated samples; SeqKD adds ``empty_generation``),
+        ``epochs`` (per-epoch records: ratio, subset size, strata counts, DDS quantiles, mean loss in
+        nats/token, seconds, ``generated_batches`` (batches whose responses the student sampled
+        afresh), ``generation_seconds``, ``iterations_end`` (optimiser steps after the epoch);
+        DistiLLM adds ``p_sgo``, ``val_loss`` (nats/token, before the epoch), ``replay_batches``
+        and ``sgo_batches``), ``cost`` (iterations, seconds split into ``dds_seconds``,
+        ``train_seconds`` (which holds the on-policy ``generation_seconds``),
+        ``teacher_generation_seconds`` (SeqKD, before training) and ``validation_seconds``
+        (DistiLLM); ``total_seconds`` is their sum; tokens seen) and for SeqKD ``seqkd`` (the
+        cache file and whether it was reused).
 
     Resume: with ``resume`` the last finished epoch in ``output_dir/checkpoint`` is resumed when
     it was written by the same config hash (another config's checkpoint is ignored: training starts
@@ -222,7 +318,14 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         write_json(out / "config.json", meta | {"num_processes": accelerator.num_processes})
 
     tok = load_tokenizer(cfg.student, cfg.trust_remote_code)
-    records = D.load_split(cfg.dataset, "train", limit=cfg.train_samples, seed=cfg.seed)
+    distillm = cfg.method == "distillm"
+    val_source = sgo_validation_source(cfg.dataset) if distillm else None
+    records, held_out = load_train_records(cfg, hold_out=cfg.sgo_val_samples if val_source == "held_out" else 0)
+    seqkd_info = None
+    if cfg.method == "seqkd":
+        def load_teacher():
+            return load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).to(accelerator.device).eval()
+        records, seqkd_info = B.seqkd_records(cfg, records, tok, load_teacher, accelerator, out)
     examples, report = D.tokenize_records(records, tok, cfg.prompt_style, cfg.max_prompt_length, cfg.max_length)
     n = len(examples)
     accelerator.print(f"[dakd] {cfg.method}: {report}")
@@ -244,35 +347,66 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                else load_model(cfg.student, cfg.dtype, cfg.trust_remote_code))
     student.config.use_cache = False
     teacher, vocab = None, student.get_output_embeddings().weight.shape[0]
-    if cfg.method != "sft":
+    if cfg.method not in ("sft", "seqkd"):
         teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
         vocab = check_pair(load_tokenizer(cfg.teacher, cfg.trust_remote_code), tok, teacher, student)
 
     plan = epoch_plan(cfg, n)
     world = accelerator.num_processes
+    rank = accelerator.process_index
     total_steps = sum(math.ceil(k / cfg.batch_size) for k in plan)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+    _configure_deepspeed(accelerator, cfg)
     student, opt = accelerator.prepare(student, opt)
     if teacher is not None:
         teacher = teacher.to(accelerator.device)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # per process (its draws may differ between processes, unlike `gen`'s, which all processes
+    # make alike so that they agree on every batch's source)
+    replay_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+    buffer = B.ReplayBuffer(cfg.replay_buffer_size) if distillm else None
 
     state = {"epochs": [], "cost": {"iterations": 0, "dds_seconds": 0.0, "teacher_ce_seconds": 0.0,
                                     "train_seconds": 0.0, "tokens_seen": 0, "response_tokens_seen": 0},
              "filter": report.to_dict(), "num_samples": n, "planned_iterations": total_steps,
              "config_hash": meta["config_hash"], "data_hash": data_hash}
+    if seqkd_info is not None:
+        state["filter"]["empty_generation"] = seqkd_info["empty_generation"]
+        state["seqkd"] = seqkd_info
     if resumed:
         try:  # weights_only: plain tensors and containers, nothing is unpickled as code
             ts = torch.load(ckpt / "trainer_state.pt", weights_only=True)
             opt.load_state_dict(ts["optimizer"])
             sched.load_state_dict(ts["scheduler"])
             gen.set_state(ts["generator"])
+            extra = ts.get("extra") or {}
+            if buffer is not None and world == 1 and "replay_buffer" in extra:
+                buffer.load_state_dict(extra["replay_buffer"])
+                replay_gen.set_state(extra["replay_generator"])
         except Exception as e:  # truncated, foreign or missing: all refused alike
             raise CheckpointError(f"{ckpt / 'trainer_state.pt'}: unreadable or not this run's trainer "
                                   f"state ({type(e).__name__}: {e}); delete {ckpt} to start over") from e
+        if seqkd_info is not None:  # this session's cache use, not the interrupted one's
+            saved["seqkd"], saved["filter"] = state["seqkd"], state["filter"]
         state = saved
         accelerator.print(f"[dakd] resumed after epoch {len(state['epochs'])} from {ckpt}")
+    for key in ("generation_seconds", "teacher_generation_seconds", "validation_seconds"):
+        state["cost"].setdefault(key, 0.0)  # absent from checkpoints written before they existed
+    if seqkd_info is not None:
+        state["cost"]["teacher_generation_seconds"] += seqkd_info["generation_seconds"]
+        state["cost"]["generation_seconds"] += seqkd_info["generation_seconds"]
+
+    sgo, val_examples = None, None
+    if distillm:
+        sgo = B.AdaptiveSGO(**(state.get("sgo") or {"prob": cfg.sgo_init_prob, "step": cfg.sgo_prob_step,
+                                                     "eps": cfg.sgo_loss_eps, "max_prob": cfg.sgo_max_prob}))
+        val_records = (held_out if val_source == "held_out" else
+                       TK.load_task(cfg.dataset, "dev", cfg.sgo_val_samples) if cfg.dataset in TK.TASK_FILES
+                       else D.load_split(cfg.dataset, "dev", limit=cfg.sgo_val_samples))
+        val_examples, val_report = D.tokenize_records(val_records, tok, cfg.prompt_style, cfg.max_prompt_length,
+                                                      cfg.max_length)
+        state["sgo_validation"] = {"source": val_source, "filter": val_report.to_dict()}
 
     collate = D.DistillCollator(tok.pad_token_id)
     lengths = [len(e["input_ids"]) for e in examples]
@@ -288,6 +422,17 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     for epoch in range(len(state["epochs"]), cfg.epochs):
         ratio = selection_ratio(epoch, cfg.epochs, cfg.schedule) if cfg.method == "dakd" else 1.0
         rec = {"epoch": epoch, "ratio": ratio, "num_samples": n}
+        if distillm:
+            # the student's validation loss before this epoch = after the previous one (DistiLLM
+            # evaluates before training and after every epoch)
+            tv = time.perf_counter()
+            val_ce = score_dataset(student, val_examples, tok.pad_token_id, cfg.micro_batch_size, accelerator,
+                                   desc=f"validation epoch {epoch}")
+            n_resp = torch.tensor([len(e["input_ids"]) - e["prompt_length"] for e in val_examples], dtype=torch.float)
+            rec["val_loss"] = float((val_ce * n_resp).sum() / n_resp.sum().clamp(min=1))
+            rec["p_sgo"] = sgo.update(rec["val_loss"])
+            rec["validation_seconds"] = time.perf_counter() - tv
+            state["cost"]["validation_seconds"] += rec["validation_seconds"]
         t0 = time.perf_counter()
         if cfg.method == "dakd" and epoch > 0 and needs_dds:
             if teacher_ce is None:
@@ -332,30 +477,71 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         if fill_teacher_ce:
             teacher_ce_acc = torch.zeros(n)
         loss_sum, tok_sum, steps = 0.0, 0, 0
+        counts = {"fresh": 0, "replay": 0}
+        gen_seconds = 0.0
         student.train()
         bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch}", disable=not accelerator.is_main_process,
                    leave=False)
         for gbatch in bar:
-            n_tok = sum(len(examples[i]["input_ids"]) - examples[i]["prompt_length"] for i in gbatch)
-            share = gbatch[accelerator.process_index::world]
+            share = gbatch[rank::world]
             weight = 1.0
             if not share:  # keep every process in the collective; this one contributes zero
                 share, weight = gbatch[:1], 0.0
-            micro = [share[j:j + cfg.micro_batch_size] for j in range(0, len(share), cfg.micro_batch_size)]
+            # where this batch's responses come from; every process draws alike from `gen`
+            source = "ground_truth"
+            if cfg.method == "gkd" and torch.rand((), generator=gen).item() < cfg.student_data_fraction:
+                source = "fresh"
+            elif distillm:
+                u = torch.rand((), generator=gen).item()
+                full = buffer.full
+                if world > 1 and u < sgo.prob:  # full only when every process's buffer is
+                    full = accelerator.reduce(torch.tensor(float(full), device=accelerator.device),
+                                              reduction="sum").item() == world
+                source = B.sgo_batch_source(u, sgo.prob, state["cost"]["iterations"] / max(total_steps, 1), full)
+            if source == "ground_truth":
+                local = [examples[i] for i in share]
+                n_tok = sum(len(examples[i]["input_ids"]) - examples[i]["prompt_length"] for i in gbatch)
+                n_seen = sum(len(examples[i]["input_ids"]) for i in gbatch)
+            else:
+                counts[source] += 1
+                gen_seed = int(torch.randint(2 ** 31 - 1, (), generator=gen)) if source == "fresh" else None
+                if not weight:  # nothing of this batch is this process's: a zero-weight stand-in
+                    local = [examples[share[0]]]
+                elif source == "fresh":
+                    tg = time.perf_counter()
+                    prompts = [examples[i]["input_ids"][:examples[i]["prompt_length"]] for i in share]
+                    gens = B.sample_responses(accelerator.unwrap_model(student), prompts, tok.pad_token_id,
+                                              tok.eos_token_id, cfg.gen_max_new_tokens, cfg.gen_temperature,
+                                              seed=gen_seed + rank, max_total_length=cfg.max_length)
+                    local = B.generated_examples([examples[i] for i in share], gens)
+                    gen_seconds += time.perf_counter() - tg
+                    student.train()
+                    if buffer is not None:
+                        buffer.push(local)
+                else:
+                    local = buffer.sample(min(len(share), len(buffer)), replay_gen)
+                counts_local = torch.tensor([sum(len(e["input_ids"]) - e["prompt_length"] for e in local) * weight,
+                                             sum(len(e["input_ids"]) for e in local) * weight],
+                                            dtype=torch.float64, device=accelerator.device)
+                if world > 1:
+                    counts_local = accelerator.reduce(counts_local, reduction="sum")
+                n_tok, n_seen = (int(v) for v in counts_local.tolist())
+            micro = [local[j:j + cfg.micro_batch_size] for j in range(0, len(local), cfg.micro_batch_size)]
             step_loss = torch.zeros((), device=accelerator.device)
             for j, mb in enumerate(micro):
-                b = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in mb]).items()}
+                b = {k: v.to(accelerator.device) for k, v in collate(mb).items()}
                 ctx = accelerator.no_sync(student) if j < len(micro) - 1 else contextlib.nullcontext()
                 with ctx:
                     per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab)
                     if fill_teacher_ce and weight:
-                        teacher_ce_acc[mb] = response_ce(t_logits, b["input_ids"], b["response_mask"]).cpu()
+                        teacher_ce_acc[[e["index"] for e in mb]] = response_ce(
+                            t_logits, b["input_ids"], b["response_mask"]).cpu()
                     del t_logits
                     # DDP averages gradients over processes; scaling by world undoes that so the
                     # step's gradient is the sum over the global batch divided by its token count
                     loss = per_tok.sum() * (weight * world / max(n_tok, 1))
                     if not torch.isfinite(loss):
-                        ids = [examples[i]["sample_id"] for i in mb]
+                        ids = [e["sample_id"] for e in mb]
                         raise NonFiniteLossError(
                             f"non-finite loss {loss.item()} at epoch {epoch}, step {state['cost']['iterations']}, "
                             f"sample ids {ids}; the step was not taken")
@@ -377,7 +563,7 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
             tok_sum += n_tok
             steps += 1
             state["cost"]["iterations"] += 1
-            state["cost"]["tokens_seen"] += sum(len(examples[i]["input_ids"]) for i in gbatch)
+            state["cost"]["tokens_seen"] += n_seen
             state["cost"]["response_tokens_seen"] += n_tok
             bar.set_postfix(loss=f"{step_loss / max(n_tok, 1):.4f}")
         if fill_teacher_ce:
@@ -387,18 +573,30 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
             if accelerator.is_main_process:
                 save_tensor(teacher_ce, out / "teacher_ce.pt")
         rec |= {"steps": steps, "mean_loss": loss_sum / max(tok_sum, 1), "train_seconds": time.perf_counter() - t1,
-                "lr_end": sched.get_last_lr()[0]}
+                "lr_end": sched.get_last_lr()[0], "generated_batches": counts["fresh"],
+                "generation_seconds": gen_seconds, "iterations_end": state["cost"]["iterations"]}
+        if distillm:
+            rec |= {"replay_batches": counts["replay"], "sgo_batches": counts["fresh"] + counts["replay"]}
+            state["sgo"] = sgo.to_dict()
         state["cost"]["train_seconds"] += rec["train_seconds"]
+        state["cost"]["generation_seconds"] += gen_seconds
         state["epochs"].append(rec)
         accelerator.print(f"[dakd] epoch {epoch}: r={ratio:.3f} |D'|={len(idx)} steps={steps} "
                           f"loss={rec['mean_loss']:.4f} nats/token ({rec['train_seconds']:.1f}s train, "
-                          f"{rec['dds_seconds']:.1f}s DDS)")
+                          f"{rec['dds_seconds']:.1f}s DDS, {counts['fresh']} generated batches)")
+        if cfg.save_epoch_students and accelerator.is_main_process:
+            folder = out / "epoch_students" / f"epoch{epoch}"
+            accelerator.unwrap_model(student).save_pretrained(folder)
+            tok.save_pretrained(folder)
         if cfg.save_checkpoints:
-            _save_checkpoint(out, accelerator, student, opt, sched, gen, state)
+            extra = ({"replay_buffer": buffer.state_dict(), "replay_generator": replay_gen.get_state()}
+                     if buffer is not None and world == 1 else None)
+            _save_checkpoint(out, accelerator, student, opt, sched, gen, state, extra=extra)
         accelerator.wait_for_everyone()
 
     cost = state["cost"]
-    cost["total_seconds"] = cost["dds_seconds"] + cost["train_seconds"]
+    cost["total_seconds"] = (cost["dds_seconds"] + cost["train_seconds"] + cost["teacher_generation_seconds"]
+                             + cost["validation_seconds"])
     cost["dds_share"] = cost["dds_seconds"] / max(cost["total_seconds"], 1e-9)
     cost["wall_seconds_this_process"] = time.perf_counter() - t_start
     log = meta | state
@@ -408,4 +606,3 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         write_json(out / "train_log.json", log)
     accelerator.wait_for_everyone()
     return log
-
