@@ -86,11 +86,16 @@ def teacher_run(cfg: DistillConfig) -> dict | None:
 def load_complete(cfg: DistillConfig) -> dict | None:
     """The run's ``results.json`` if it exists and was produced by the same config hash, and (for a
     run whose teacher is another run's student) with the teacher run it records still being the
-    one in that folder: a retrained teacher makes every run distilled from it incomplete again."""
+    one in that folder: a retrained teacher makes every run distilled from it incomplete again.
+    With ``cfg.save_epoch_students`` (left out of the config hash) the results must also hold
+    ``epoch_eval``: a run finished without it is redone with it."""
     path = Path(cfg.output_dir) / "results.json"
     if path.exists():
         res = json.loads(path.read_text())
         if res.get("config_hash") == cfg.config_hash():
+            if getattr(cfg, "save_epoch_students", False) and "epoch_eval" not in res:
+                print(f"[dakd] {cfg.output_dir}: finished without the per-epoch evaluation it now asks for: run again")
+                return None
             now = teacher_run(cfg)
             if now is not None and (res.get("teacher_run") or {}).get("config_hash") != now["config_hash"]:
                 print(f"[dakd] {cfg.output_dir}: its teacher {cfg.teacher} was retrained since "

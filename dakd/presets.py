@@ -62,14 +62,18 @@ def _num(x: float) -> str:
 
 def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
            table1_eval: tuple[str, ...] = INSTRUCTION_SETS, ablation_eval: tuple[str, ...] = INSTRUCTION_SETS,
-           task: dict | None = None, teacher_sft: bool = False) -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:
+           task: dict | None = None, baseline: dict | None = None,
+           teacher_sft: bool = False) -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:
     """The runs of ``tables`` on one base config, and which runs make each table.
 
     ``base`` carries the model pair and the training and evaluation settings of the Dolly runs.
     ``table1_eval``: the sets of Table 1's runs (the shared ``dakd`` run among them);
     ``ablation_eval``: the sets of the ablation-only runs (Tables 4, 5, sweeps, Figure 1's KD run);
     both must start with "dolly". ``task``: DistillConfig fields overriding ``base`` for the
-    Table 2 runs (``dataset`` and ``eval_datasets`` are set per task). ``teacher_sft``: first
+    Table 2 runs (``dataset`` and ``eval_datasets`` are set per task); its key "baseline" (a dict)
+    updates ``baseline`` there. ``baseline``: fields
+    overriding the SeqKD, GKD and DistiLLM runs only (their generation settings, `dakd.baselines`),
+    so that the other runs keep the hash they have without them. ``teacher_sft``: first
     fine-tune the teacher (method "sft" with the teacher as student) on each training set used,
     and name ``<that run>/student`` as every later run's teacher; the SFT run is then also the
     Teacher row (its evaluation is the fine-tuned teacher's). Without it the teacher is used as
@@ -116,13 +120,14 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
         abl = fam.replace(eval_datasets=ablation_eval, save_epoch_students=False)
         rows = {}
         if {"table1", "table3"} & set(tables):
+            gen = inst.replace(**(baseline or {}))
             rows = {"sft": inst.replace(method="sft"),
                     "kd_kl": inst.replace(method="kd", loss="forward_kl"),
                     "kd_rkl": inst.replace(method="kd", loss="reverse_kl"),
-                    "seqkd": inst.replace(method="seqkd"),
-                    "gkd": inst.replace(method="gkd"),
-                    # DistiLLM's instruction-following setting: adaptive skew reverse KL, alpha 0.1
-                    "distillm": inst.replace(method="distillm", loss="skew_reverse_kl")}
+                    "seqkd": gen.replace(method="seqkd"),
+                    "gkd": gen.replace(method="gkd", loss="js_divergence"),
+                    # DistiLLM with skew reverse KL (alpha 0.1), its setting for decoder LLMs
+                    "distillm": gen.replace(method="distillm", loss="skew_reverse_kl")}
         for k, v in rows.items():
             add(k, v)
         dakd = add("dakd", inst.replace(method="dakd", loss="bdl", save_epoch_students=save))
@@ -157,14 +162,16 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
     if "table2" in tables:
         tab["table2"] = []
         for ds in TASK_SETS:
-            fam = base.replace(**(task or {})).replace(dataset=ds, eval_datasets=(ds,), save_epoch_students=False)
+            fam = base.replace(**{k: v for k, v in (task or {}).items() if k != "baseline"})
+            fam = fam.replace(dataset=ds, eval_datasets=(ds,), save_epoch_students=False)
             t_name, fam = teacher_of(f"{ds}_", fam)
+            gen = fam.replace(**((baseline or {}) | (task or {}).get("baseline", {})))
             names = [t_name]
             for suffix, cfg in (("sft", fam.replace(method="sft")),
                                 ("kd_kl", fam.replace(method="kd", loss="forward_kl")),
                                 ("kd_rkl", fam.replace(method="kd", loss="reverse_kl")),
-                                ("gkd", fam.replace(method="gkd")),
-                                ("distillm", fam.replace(method="distillm", loss="skew_reverse_kl")),
+                                ("gkd", gen.replace(method="gkd", loss="js_divergence")),
+                                ("distillm", gen.replace(method="distillm", loss="skew_reverse_kl")),
                                 ("dakd", fam.replace(method="dakd", loss="bdl"))):
                 names.append(add(f"{ds}_{suffix}", cfg))
             tab["table2"] += names
@@ -208,7 +215,10 @@ def cpu_full(root: str = "runs/cpu-full") -> tuple[dict[str, DistillConfig], dic
     run among them) are evaluated on the first 24 prompts of each of the five instruction sets;
     the ablation-only runs on the same 24 DollyEval prompts only (their tables compare the Dolly
     column). Table 2: 48 training samples of SAMSum / GSM8K each, the first 24 test prompts, up
-    to 128 new tokens (SAMSum's own cap; GSM8K's chains of thought need more than 64).
+    to 128 new tokens (SAMSum's own cap; GSM8K's chains of thought need more than 64), prompts
+    <= 256 tokens and total <= 320 (SAMSum's dialogues are long, its summaries short). SeqKD, GKD
+    and DistiLLM generate at most 64 new tokens (128 for the tasks) while training, and DistiLLM's
+    adaptive schedule validates on 24 dev records (its default, 1,000, would cost minutes per epoch).
 
     No teacher SFT at CPU scale: the paper fine-tunes its teachers on Dolly first, but one teacher
     pass over Dolly's 11,435 training samples alone takes about an hour here; SmolLM2-135M-Instruct
@@ -242,20 +252,27 @@ def cpu_full(root: str = "runs/cpu-full") -> tuple[dict[str, DistillConfig], dic
                          train_samples=48, epochs=3, batch_size=8, micro_batch_size=8, lr=1e-4,
                          max_prompt_length=192, max_length=256, eval_samples=24, eval_seeds=(10,),
                          max_new_tokens=64, eval_batch_size=16, seed=42, save_checkpoints=False)
+    # SeqKD / GKD / DistiLLM generate as many tokens as the evaluation (the default 256 is capped by
+    # max_length anyway); DistiLLM's adaptive SGO rule validates on 24 Dolly dev records, not 1,000
     return _suite(base, root, TABLES, table1_eval=INSTRUCTION_SETS, ablation_eval=("dolly",),
-                  task={"max_new_tokens": 128})
+                  task={"max_prompt_length": 256, "max_length": 320, "max_new_tokens": 128,
+                        "baseline": {"gen_max_new_tokens": 128}},
+                  baseline={"gen_max_new_tokens": 64, "sgo_val_samples": 24})
 
 
 def tiny_full(root: str = "runs/tiny-full") -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:
     """The tables of ``cpu-full`` on the tiny random pair: ~2 s per run, for the tests of the table
     notebooks (03, 04, 05). 6 training samples in global batches of 3 (2 steps at epoch 0, 1 at
-    epoch 1 of DA-KD), 2 evaluation prompts of 4 new tokens; the numbers mean nothing."""
+    epoch 1 of DA-KD), the first 2 test prompts of each set (prompts <= 112 tokens keep at least
+    one of them in every instruction set; <= 224 for SAMSum), 4 new tokens; the numbers mean
+    nothing."""
     base = DistillConfig(teacher=TINY_TEACHER, student=TINY_STUDENT, prompt_style="chatml",
                          train_samples=6, epochs=2, batch_size=3, micro_batch_size=3, lr=1e-3,
-                         max_prompt_length=48, max_length=64, eval_samples=2, eval_seeds=(10,),
+                         max_prompt_length=112, max_length=128, eval_samples=2, eval_seeds=(10,),
                          max_new_tokens=4, eval_batch_size=2, seed=42, save_checkpoints=False)
     return _suite(base, root, TABLES, table1_eval=INSTRUCTION_SETS, ablation_eval=("dolly",),
-                  task={"max_prompt_length": 96, "max_length": 128})
+                  task={"max_prompt_length": 224, "max_length": 256},
+                  baseline={"gen_max_new_tokens": 4, "sgo_val_samples": 2})
 
 
 # ---------------------------------------------------------------------------------- paper presets
@@ -358,6 +375,26 @@ def paper(name: str, root: str | None = None) -> tuple[dict[str, DistillConfig],
     return _suite(base, root or f"runs/{name}", tables, teacher_sft=True)
 
 
+# which published numbers each preset's tables are compared with: Table 1's student (the Teacher
+# row is its teacher's) and Table 2's family. The CPU presets' SmolLM2 pair (135M -> 49.5M, ~1/3
+# of the teacher) is compared with the Llama2-7B -> Sheared-LLaMA-1.3B pair (~1/5), the ablations'
+# pair in the paper.
+PAPER_COMPARISON = {
+    "llama2-7b-sheared-1.3b": {"table1_student": "Sheared-LLaMA-1.3B", "table2_family": "Llama2"},
+    "llama2-7b-sheared-2.7b": {"table1_student": "Sheared-LLaMA-2.7B", "table2_family": None},
+    "qwen2.5-7b-1.5b": {"table1_student": "Qwen2.5-1.5B", "table2_family": "Qwen2.5"},
+    "qwen2.5-7b-0.5b": {"table1_student": "Qwen2.5-0.5B", "table2_family": None},
+    "llama3.2-3b-1b": {"table1_student": None, "table2_family": "Llama3.2"},
+}
+
+
+def paper_comparison(name: str) -> dict:
+    """{``table1_student``, ``table2_family``}: the paper's student (Table 1) and model family
+    (Table 2) whose published numbers stand beside preset ``name``'s; Sheared-LLaMA-1.3B and
+    Llama2 for the CPU and tiny presets. Tables 3-5 have one published pair each."""
+    return PAPER_COMPARISON.get(name, {"table1_student": "Sheared-LLaMA-1.3B", "table2_family": "Llama2"})
+
+
 PRESETS = {"cpu": cpu, "tiny": tiny, "cpu-full": cpu_full, "tiny-full": tiny_full,
            **{name: (lambda root, _n=name: paper(_n, root)) for name in _PAPER_PAIRS}}
 
@@ -369,8 +406,8 @@ def _build(name: str, root: str | None) -> tuple[dict[str, DistillConfig], dict[
     built = PRESETS[name](root or f"runs/{name}")
     if isinstance(built, tuple):
         return built
-    # cpu and tiny: Table 1's core rows on DollyEval, and the cost of the trained ones
-    return built, {"table1": list(built), "table3": [k for k, c in built.items() if c.method != "teacher"]}
+    # cpu and tiny: Table 1's core rows on DollyEval (run_all.sh runs no table notebook for them)
+    return built, {"table1": list(built)}
 
 
 def get_preset(name: str, root: str | None = None) -> dict[str, DistillConfig]:

@@ -101,6 +101,8 @@ def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
             "eval min": ev["seconds"] / 60,
             "paper 7B->2.7B": p27.get(label), "paper 7B->1.3B": p13.get(label),
         })
+    if not rows:
+        return pd.DataFrame(columns=["method", "ROUGE-L", "paper 7B->1.3B", "ours - paper (1.3B)"])
     df = pd.DataFrame(rows).set_index("run")
     df["ours - paper (1.3B)"] = df["ROUGE-L"] - df["paper 7B->1.3B"]
     return df
@@ -308,8 +310,8 @@ def table3(runs: dict[str, dict]) -> pd.DataFrame:
     Columns: ``iterations`` (optimiser steps), ``minutes`` (training wall-clock: DDS scoring plus
     distillation, ``cost["total_seconds"] / 60``; model loading and evaluation excluded), ``DDS
     minutes``, ``DDS share`` (% of minutes), ``iterations / KD-KL`` and ``minutes / KD-KL`` (ratio to
-    the KD-KL row of the same table), then the paper's value of each (the paper gives the DDS split
-    for DA-KD only: NaN elsewhere) and ``diff`` columns, ours minus the paper's, for the ratios and
+    the KD-KL row of the same table), then the paper's value of each (``<column> paper``; the
+    paper gives the DDS split for DA-KD only: NaN elsewhere) and ``<column> diff`` columns, ours minus the paper's, for the ratios and
     the DDS share only: absolute minutes and iterations on other hardware, batch and data sizes
     do not compare, their ratios to KD do. A missing method has run None and NaN.
 
@@ -333,13 +335,13 @@ def table3(runs: dict[str, dict]) -> pd.DataFrame:
         row = {"method": m, **o, "DDS share": 100 * _div(o["DDS minutes"], o["minutes"]),
                "iterations / KD-KL": _div(o["iterations"], kd["iterations"]),
                "minutes / KD-KL": _div(o["minutes"], kd["minutes"]),
-               "paper iterations": float(p["iterations"]), "paper minutes": p["minutes"],
-               "paper DDS minutes": p_dds if m == "DA-KD" else NAN,
-               "paper DDS share": 100 * p_dds / p["minutes"] if m == "DA-KD" else NAN,
-               "paper iterations / KD-KL": p["iterations"] / pkd["iterations"],
-               "paper minutes / KD-KL": p["minutes"] / pkd["minutes"]}
+               "iterations paper": float(p["iterations"]), "minutes paper": p["minutes"],
+               "DDS minutes paper": p_dds if m == "DA-KD" else NAN,
+               "DDS share paper": 100 * p_dds / p["minutes"] if m == "DA-KD" else NAN,
+               "iterations / KD-KL paper": p["iterations"] / pkd["iterations"],
+               "minutes / KD-KL paper": p["minutes"] / pkd["minutes"]}
         for c in ("iterations / KD-KL", "minutes / KD-KL", "DDS share"):
-            row[f"{c} diff"] = row[c] - row[f"paper {c}"]
+            row[f"{c} diff"] = row[c] - row[f"{c} paper"]
         rows.append(row)
     return _frame(rows, "method", "Table 3, Llama2-7B -> Sheared-LLaMA-2.7B, 4 x A800 (batch 8 per GPU: "
                   "32 samples per iteration)")
@@ -430,7 +432,7 @@ def lambda_sweep(runs: dict[str, dict], lams=None, datasets=None) -> pd.DataFram
     from .presets import LAMBDAS
 
     return _sweep(runs, "lam", lams or LAMBDAS, datasets, "lambda_sweep",
-                  "The paper publishes no numbers for the lambda sweep: " + paper_tables()["lambda_sweep_fig4"])
+                  "The paper shows the lambda sweep as a figure, " + paper_tables()["lambda_sweep_fig4"])
 
 
 def tau_sweep(runs: dict[str, dict], taus=None, datasets=None) -> pd.DataFrame:
@@ -529,6 +531,45 @@ def lambda_figure(runs: dict[str, dict], path: str | Path, lams=None, dataset: s
     ax.legend()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, Path(path))
+
+
+def paper_bars(df: pd.DataFrame, columns: list[str], path: str | Path, title: str) -> Path:
+    """Grouped bars of ours beside the paper's for each of ``columns`` (each with its ``<column>
+    paper`` beside it in ``df``), one group per row of ``df``. Returns ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    parts = []
+    for c in columns:
+        for source, col in (("ours", c), ("paper", f"{c} paper")):
+            parts.append(pd.DataFrame({"row": df.index.astype(str), "value": df[col].astype(float),
+                                       "source": source, "column": c}))
+    long = pd.concat(parts, ignore_index=True)
+    fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+    for ax, c in zip(axes[0], columns):
+        sns.barplot(data=long[long["column"] == c], x="row", y="value", hue="source", ax=ax)
+        ax.set_title(c)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(path))
+
+
+SAVED_TABLES = ("table2", "table3", "figure1", "table4", "table5", "lambda_sweep", "tau_sweep", "schedules")
+
+
+def saved_tables(run_root: str | Path) -> dict[str, dict | None]:
+    """The tables the notebooks 03-05 wrote into ``run_root`` (``<table>.json``, `SAVED_TABLES`):
+    {table: its JSON dict, or None when the file is absent}."""
+    out = {}
+    for t in SAVED_TABLES:
+        path = Path(run_root) / f"{t}.json"
+        out[t] = json.loads(path.read_text()) if path.exists() else None
+    return out
 
 
 def table_json(df: pd.DataFrame) -> dict:

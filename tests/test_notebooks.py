@@ -1,5 +1,8 @@
 """Each notebook executed by papermill with tiny parameters, checking the JSON it writes; the
-launcher's failure path; and the committed parameters cell against its source of truth."""
+launcher's failure path; and the committed parameters cell against its source of truth. The table
+notebooks 03, 04 and 05 run the ``tiny-full`` preset in one shared run folder, as run_all.sh does."""
+
+import math
 
 import json
 import os
@@ -13,7 +16,7 @@ import pytest
 import yaml
 
 from dakd.config import DistillConfig
-from dakd.presets import get_preset, write_papermill_params
+from dakd.presets import get_preset, get_tables, write_papermill_params
 
 REPO = Path(__file__).resolve().parents[1]
 NB = REPO / "notebooks"
@@ -126,3 +129,117 @@ def test_rerunning_a_finished_run_reuses_it(tiny_root, tmp_path):
     nb = nbformat.read(tmp_path / "again.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"complete (config {get_preset('tiny')['sft'].config_hash()}), reused" in printed
+
+
+# ------------------------------------------------------------ the table notebooks (03, 04, 05)
+
+def _finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def full_root(tmp_path_factory):
+    """03, 04 and 05 executed with the tiny-full preset into one run folder (05 reuses 03's runs).
+    One torch thread per kernel: the 2-core machine is shared."""
+    root = tmp_path_factory.mktemp("tiny_full")
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels papermill starts
+    try:
+        for name in ("03_ablations", "04_task_specific", "05_cost"):
+            pm.execute_notebook(str(NB / f"{name}.ipynb"), str(root / f"{name}.ipynb"),
+                                parameters={"preset": "tiny-full", "run_root": str(root / "runs"),
+                                            "figures_dir": str(root / "fig")}, **KW)
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    return root
+
+
+def _rows(root, table):
+    out = json.loads((root / "runs" / f"{table}.json").read_text())
+    assert out["preset"] == "tiny-full" and out["table"] == table
+    return out
+
+
+def test_ablation_notebook_writes_tables_4_5_and_the_sweeps(full_root):
+    tabs = get_tables("tiny-full")
+    t4 = _rows(full_root, "table4")
+    assert [r["variant"] for r in t4["rows"]] == ["DiffUp (full DA-KD)", "w/o DDS", "w/o SDU", "w/o DiffUp"]
+    assert [r["run"] for r in t4["rows"]] == tabs["table4"] == ["dakd", "dakd_random", "dakd_top", "dakd_full"]
+    assert [r["Dolly paper"] for r in t4["rows"]] == [26.75, 26.05, 26.65, 26.73]  # Table 4, Dolly
+    for r in t4["rows"]:
+        assert _finite(r["Dolly"]) and 0 <= r["Dolly"] <= 100
+        assert r["Dolly diff"] == pytest.approx(r["Dolly"] - r["Dolly paper"])
+    # DiffUp trains on fewer samples than full data: fewer iterations
+    it = {r["variant"]: r["iterations"] for r in t4["rows"]}
+    assert it["DiffUp (full DA-KD)"] < it["w/o DiffUp"]
+    t5 = _rows(full_root, "table5")
+    assert [r["loss"] for r in t5["rows"]] == ["KL", "RKL", "JSD", "SKL", "SRKL", "BDL"]
+    assert all(_finite(r["Dolly"]) for r in t5["rows"]) and t5["rows"][0]["Dolly paper"] == 23.69
+    lam = _rows(full_root, "lambda_sweep")
+    assert [r["lam"] for r in lam["rows"]] == [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert all(_finite(r["Dolly"]) for r in lam["rows"]) and "no numbers" in lam["note"]
+    # BDL at lambda 0.5 is identically zero: the run trains on a zero loss
+    assert next(r for r in lam["rows"] if r["lam"] == 0.5)["last epoch loss (nats/token)"] == 0.0
+    assert [r["tau"] for r in _rows(full_root, "tau_sweep")["rows"]] == [0.0, 0.1, 0.3, 0.5]
+    assert [r["schedule"] for r in _rows(full_root, "schedules")["rows"]] == ["cosine", "linear"]
+    assert sorted(p.name for p in (full_root / "fig").glob("*.png")) == [
+        "figure1.png", "lambda_sweep.png", "table2.png", "table3.png", "table4.png", "table5.png"]
+
+
+def test_task_notebook_writes_table_2(full_root):
+    t2 = _rows(full_root, "table2")
+    assert [r["method"] for r in t2["rows"]] == ["Teacher", "SFT", "KD-KL", "KD-RKL", "GKD", "DistiLLM", "DA-KD"]
+    assert "Llama2" in t2["paper"]
+    for r in t2["rows"]:
+        for col in ("SAMSum ROUGE-L", "GSM8K accuracy"):
+            assert _finite(r[col]) and 0 <= r[col] <= 100, (r["method"], col)
+            assert r[f"{col} diff"] == pytest.approx(r[col] - r[f"{col} paper"])
+    da = t2["rows"][-1]
+    assert (da["SAMSum ROUGE-L run"], da["GSM8K accuracy run"]) == ("samsum_dakd", "gsm8k_dakd")
+    assert (da["SAMSum ROUGE-L paper"], da["GSM8K accuracy paper"]) == (39.2, 14.56)
+
+
+def test_cost_notebook_writes_table_3_and_figure_1(full_root):
+    t3 = _rows(full_root, "table3")
+    rows = {r["method"]: r for r in t3["rows"]}
+    assert list(rows) == ["SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD"]
+    for m, r in rows.items():
+        assert _finite(r["iterations"]) and _finite(r["minutes"]) and r["minutes"] > 0, m
+        assert r["minutes / KD-KL diff"] == pytest.approx(r["minutes / KD-KL"] - r["minutes / KD-KL paper"])
+    assert rows["KD-KL"]["minutes / KD-KL"] == 1.0
+    assert rows["DA-KD"]["iterations / KD-KL"] < 1 and _finite(rows["DA-KD"]["DDS share"])
+    fig = json.loads((full_root / "runs" / "figure1.json").read_text())
+    cfg = get_preset("tiny-full")["dakd"]
+    curves = {}
+    for p in fig["points"]:
+        curves.setdefault(p["run"], []).append(p)
+    assert set(curves) == {"dakd", "dakd_full"}
+    for run, pts in curves.items():
+        assert [p["epoch"] for p in pts] == list(range(cfg.epochs))
+        assert all(_finite(p["score"]) for p in pts)
+        its = [p["iterations"] for p in pts]
+        assert its == sorted(its) and its[0] > 0
+    # the last epoch's student is the final one: the same score as the run's own evaluation
+    res = json.loads((full_root / "runs" / "dakd" / "results.json").read_text())
+    assert curves["dakd"][-1]["score"] == pytest.approx(res["eval"]["dolly"]["score"])
+    assert curves["dakd"][-1]["iterations"] == res["cost"]["iterations"]
+    # 05 ran after 03: the shared DA-KD runs were reused, not retrained
+    nb = nbformat.read(full_root / "05_cost.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"dakd: complete (config {cfg.config_hash()}), reused" in printed
+
+
+def test_results_notebook_gathers_the_saved_tables(full_root, tmp_path):
+    pm.execute_notebook(str(NB / "02_results.ipynb"), str(tmp_path / "02.ipynb"),
+                        parameters={"run_root": str(full_root / "runs"), "figures_dir": str(tmp_path / "fig"),
+                                    "preset": "tiny-full"}, **KW)
+    out = json.loads((full_root / "runs" / "results_table.json").read_text())
+    # the preset's Table 1 runs only, though the folder holds every table's runs; the teacher row is
+    # Table 1's alone (01_distill runs it), so it is not among the runs 03-05 made
+    assert [r["run"] for r in out["table1"]] == [k for k in get_tables("tiny-full")["table1"] if k != "teacher"]
+    assert [r["method"] for r in out["table1"]] == ["SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD"]
+    assert out["other_tables"] == {t: True for t in ("table2", "table3", "figure1", "table4", "table5",
+                                                      "lambda_sweep", "tau_sweep", "schedules")}

@@ -133,16 +133,16 @@ def test_table3_cost_ratios_and_dds_share_beside_the_paper():
     d = t.loc["DA-KD"]
     assert (d["iterations"], d["minutes"], d["DDS minutes"], d["DDS share"]) == (13, 8.0, 2.0, 25.0)
     assert d["iterations / KD-KL"] == 13 / 18 and d["minutes / KD-KL"] == 8.0 / 10.0
-    assert d["paper iterations"] == 1963 and d["paper minutes"] == 106.35
-    assert d["paper iterations / KD-KL"] == 1963 / 3570 and d["paper minutes / KD-KL"] == 106.35 / 140.75
-    assert d["paper DDS share"] == 100 * 28.31 / 106.35
+    assert d["iterations paper"] == 1963 and d["minutes paper"] == 106.35
+    assert d["iterations / KD-KL paper"] == 1963 / 3570 and d["minutes / KD-KL paper"] == 106.35 / 140.75
+    assert d["DDS share paper"] == 100 * 28.31 / 106.35
     assert d["iterations / KD-KL diff"] == 13 / 18 - 1963 / 3570
     assert d["minutes / KD-KL diff"] == 8.0 / 10.0 - 106.35 / 140.75
     assert d["DDS share diff"] == 25.0 - 100 * 28.31 / 106.35
     kd = t.loc["KD-KL"]
-    assert kd["minutes / KD-KL"] == 1.0 and kd["DDS share"] == 0.0 and nan(kd["paper DDS share"])
+    assert kd["minutes / KD-KL"] == 1.0 and kd["DDS share"] == 0.0 and nan(kd["DDS share paper"])
     assert absent(t.loc["SeqKD", "run"]) and nan(t.loc["SeqKD", "minutes"])
-    assert t.loc["SeqKD", "paper minutes"] == 159.73 and nan(t.loc["SeqKD", "minutes / KD-KL diff"])
+    assert t.loc["SeqKD", "minutes paper"] == 159.73 and nan(t.loc["SeqKD", "minutes / KD-KL diff"])
 
 
 def test_table3_without_kd_gives_nan_ratios_not_a_crash():
@@ -211,3 +211,15 @@ def test_lambda_figure_and_table_json(tmp_path):
     rows = {r["lam"]: r for r in j["rows"]}
     assert rows[0.9]["Dolly"] == 20.0 and rows[0.7]["Dolly"] is None and rows[0.7]["run"] is None
     assert "no numbers" in j["note"]
+
+
+def test_paper_bars_and_saved_tables(tmp_path):
+    t = R.table5({"dakd": run("DA-KD", {"dolly": 25.0})})
+    png = R.paper_bars(t, ["Dolly"], tmp_path / "f" / "t5.png", t.attrs["paper"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "table5.json").write_text(json.dumps(R.table_json(t)))
+    saved = R.saved_tables(tmp_path)
+    assert list(saved) == list(R.SAVED_TABLES)
+    assert saved["table4"] is None  # absent: None, not an error
+    assert [r["loss"] for r in saved["table5"]["rows"]] == list(R.TABLE5_ROWS)
+    assert saved["table5"]["rows"][-1]["Dolly diff"] == 25.0 - 26.75

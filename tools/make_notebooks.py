@@ -177,31 +177,45 @@ for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
 ])
 
 results_nb = nb([
-    md("""# Results: the method table beside the paper's, and the figures
+    md("""# Results: the method table beside the paper's, every table present, and the figures
 
 Reads every finished run under `run_root` (a folder per run with `results.json`), builds the
 method table with the paper's DollyEval ROUGE-L (Table 1, Llama2-7B teacher; both students)
-beside ours, the per-epoch DDS table, and draws the figures into `figures_dir`: per-epoch DDS
-distributions, selection ratio and subset size, training loss, ROUGE-L per method.
-The table is also written as `results_table.json` in `run_root`."""),
+beside ours, the Table 1 layout over every instruction set, the per-epoch DDS table, and draws the
+figures into `figures_dir`: per-epoch DDS distributions, selection ratio and subset size, training
+loss, ROUGE-L per method. With `preset` set, these use that preset's Table 1 runs only. The table is
+also written as `results_table.json` in `run_root`.
+
+It then gathers the tables the notebooks 03 (Tables 4, 5, sweeps), 04 (Table 2) and 05 (Table 3,
+Figure 1) wrote into `run_root`, each with the paper's numbers beside ours; an absent one is named
+with the notebook that makes it."""),
     params("""run_root = "runs/cpu"
 figures_dir = "figures/cpu"
-dataset = "dolly\""""),
+dataset = "dolly"
+preset = ""   # a preset name: use its Table 1 runs only (its run_root also holds other tables' runs)"""),
     code("""import json
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import Image, display
 
 import dakd
-from dakd import results
+from dakd import presets, results
 
-runs = results.collect(run_root)
-print(f"{len(runs)} finished runs in {run_root}: {', '.join(runs)}")
+all_runs = results.collect(run_root)
+if preset:
+    names = presets.get_tables(preset).get("table1", [])
+else:
+    names = [k for k, r in all_runs.items() if dataset in r["eval"]]
+runs = {k: all_runs[k] for k in names if k in all_runs}
+print(f"{len(all_runs)} finished runs in {run_root}; the method table uses {len(runs)}: {', '.join(runs)}")
+if set(all_runs) - set(runs):
+    print("not in it (other tables' runs):", ", ".join(sorted(set(all_runs) - set(runs))))
 table = results.method_table(runs, dataset)
 table.round(2)"""),
     code("""# Table 1 layout: ROUGE-L on every instruction set the runs were evaluated on, each with the paper's
 # value for the same method (Llama2-7B -> table1_student) and our difference; UnNI marked "(prefix)"
-table1_student = "Sheared-LLaMA-1.3B"
+table1_student = presets.paper_comparison(preset)["table1_student"] or "Sheared-LLaMA-1.3B"
 table1 = results.table1(runs, table1_student)
 table1.round(2)"""),
     code("""epochs = results.epoch_table(runs)
@@ -209,10 +223,22 @@ epochs.round(3)"""),
     code("""paths = results.plot_all(runs, figures_dir, dataset)
 for p in paths:
     display(Image(filename=str(p)))"""),
-    code("""out = {"dakd_version": dakd.__version__, "dataset": dataset, "run_root": run_root,
+    md("""## The other tables (written by notebooks 03, 04 and 05)"""),
+    code("""made_by = {"table2": "04_task_specific", "table3": "05_cost", "figure1": "05_cost", "table4": "03_ablations",
+           "table5": "03_ablations", "lambda_sweep": "03_ablations", "tau_sweep": "03_ablations",
+           "schedules": "03_ablations"}
+saved = results.saved_tables(run_root)
+for name, t in saved.items():
+    if t is None:
+        print(f"{name}: absent from {run_root} (made by notebooks/{made_by[name]}.ipynb)")
+        continue
+    print(f"{name}: {t.get('paper')}" + (f" -- {t['note']}" if t.get("note") else ""))
+    display(pd.DataFrame(t["rows"] if "rows" in t else t["points"]).round(2))"""),
+    code("""out = {"dakd_version": dakd.__version__, "dataset": dataset, "run_root": run_root, "preset": preset,
        "config_hashes": {k: r["config_hash"] for k, r in runs.items()},
        "table": json.loads(table.reset_index().to_json(orient="records")),
        "table1": json.loads(table1.reset_index().to_json(orient="records")), "table1_student": table1_student,
+       "other_tables": {k: v is not None for k, v in saved.items()},
        "figures": [str(p) for p in paths],
        "paper_citation": results.paper_tables()["citation"]}
 Path(run_root, "results_table.json").write_text(json.dumps(out, indent=1))
@@ -220,6 +246,186 @@ print("table:", Path(run_root, "results_table.json"))
 print("figures:", *paths, sep="\\n  ")"""),
 ])
 
-for name, book in [("00_quickstart", quickstart), ("01_distill", distill), ("02_results", results_nb)]:
+
+def table_parameters(table_note: str) -> str:
+    """The parameters cell of the table notebooks 03-05."""
+    return f'''preset = "cpu-full"          # a preset of dakd.presets with {table_note}
+run_root = "runs/cpu-full"    # its run folders (finished runs here are reused, not redone)
+figures_dir = "figures/cpu-full"
+num_processes = 1             # > 1: each run trains and evaluates through `accelerate launch`
+cpu = False                   # with num_processes > 1 and no GPU: gloo processes on the CPU'''
+
+
+def run_missing(tables: str) -> str:
+    """The cell that trains and evaluates the runs a notebook's tables need (finished ones reused)."""
+    return f'''import json
+from pathlib import Path
+
+from IPython.display import Image, display
+
+import dakd
+from dakd import pipeline, presets, results
+
+wanted = {tables}
+have = presets.get_tables(preset)
+mine = [t for t in wanted if t in have]
+for t in wanted:
+    if t not in have:
+        print(f"preset {{preset!r}} has no {{t}}: skipped (it has {{list(have)}})")
+configs = presets.get_preset(preset, root=run_root)
+todo = presets.needed_runs(preset, mine, root=run_root) if mine else []
+print(f"{{len(todo)}} runs for {{mine}}: {{', '.join(todo)}}")
+for name in todo:
+    pipeline.run(configs[name], num_processes=num_processes, cpu=cpu)'''
+
+
+def collect_cell() -> str:
+    """Collect the finished runs and a helper giving one table's runs."""
+    return '''all_runs = results.collect(run_root)
+comparison = presets.paper_comparison(preset)
+
+
+def runs_of(table):
+    """{run name: results} of one table, in the table's order (every run is finished above)."""
+    return {k: all_runs[k] for k in have[table] if k in all_runs}
+
+
+def save(table, df, **extra):
+    """Write <run_root>/<table>.json: the rows (NaN as null), the paper source and run hashes."""
+    out = results.table_json(df) | {"table": table, "preset": preset, "dakd_version": dakd.__version__,
+                                    "config_hashes": {k: r["config_hash"] for k, r in runs_of(table).items()},
+                                    "paper_citation": results.paper_tables()["citation"]} | extra
+    path = Path(run_root, f"{table}.json")
+    path.write_text(json.dumps(out, indent=1))
+    print("wrote", path, "|", df.attrs.get("paper"), "|", df.attrs.get("note") or "")
+    return path
+
+
+tables = {}'''
+
+
+def show_table(table: str, builder: str, figure: str | None = None) -> str:
+    """Build, show and save one table (and its bar figure) if the preset has it."""
+    fig = ""
+    if figure:
+        fig = f'''
+    display(Image(filename=str({figure})))'''
+    return f'''if "{table}" in mine:
+    tables["{table}"] = df = {builder}
+    save("{table}", df){fig}
+    display(df.round(2))'''
+
+
+ablations = nb([
+    md("""# Ablations: Tables 4 and 5, the lambda and tau sweeps, the ratio schedules
+
+Regenerates the paper's ablations of DA-KD (He et al., ICML 2025) on a preset's runs:
+
+- **Table 4**, DiffUp ablation (BDL throughout): DiffUp with DDS and stratified data updating,
+  w/o DDS (a random subset of the same size each epoch), w/o SDU (all of it from the high-DDS
+  part), w/o DiffUp (full data every epoch);
+- **Table 5**, loss ablation with DiffUp: KL, RKL, JSD, SKL, SRKL and BDL;
+- the **lambda sweep** of BDL (the paper's lambda figure: no numbers published), the **tau sweep**
+  (share of the subset from the low-DDS part) and the **cosine vs linear** ratio schedule (Eq. 2).
+
+The runs a table needs and has not got yet are trained and evaluated here (`dakd.pipeline.run`;
+a finished run with the same config is reused, so runs shared with Table 1, such as `dakd`, cost
+nothing twice). Each table shows ours, the paper's value (Llama2-7B -> Sheared-LLaMA-1.3B) and our
+difference, and is written to `<run_root>/<table>.json`; figures go to `figures_dir`."""),
+    params(table_parameters("table4, table5, lambda_sweep, tau_sweep or schedules")),
+    code(run_missing('("table4", "table5", "lambda_sweep", "tau_sweep", "schedules")')),
+    code(collect_cell()),
+    md("## Table 4: DiffUp ablation"),
+    code(show_table("table4", 'results.table4(runs_of("table4"))',
+                    'results.paper_bars(df, ["Dolly"], Path(figures_dir, "table4.png"), df.attrs["paper"])')),
+    md("## Table 5: loss ablation with DiffUp"),
+    code(show_table("table5", 'results.table5(runs_of("table5"))',
+                    'results.paper_bars(df, ["Dolly"], Path(figures_dir, "table5.png"), df.attrs["paper"])')),
+    md("## Lambda sweep (BDL, Eq. 4; the paper publishes a figure without numbers)"),
+    code(show_table("lambda_sweep", 'results.lambda_sweep(runs_of("lambda_sweep"))',
+                    'results.lambda_figure(runs_of("lambda_sweep"), Path(figures_dir, "lambda_sweep.png"))')),
+    md("## Tau sweep and ratio schedules"),
+    code(show_table("tau_sweep", 'results.tau_sweep(runs_of("tau_sweep"))')),
+    code(show_table("schedules", 'results.schedule_table(runs_of("schedules"))')),
+    md("## The paper's numbers beside ours"),
+    code('''for name in ("table4", "table5"):
+    if name in tables:
+        cols = [c for c in ("Dolly", "Dolly paper", "Dolly diff", "Avg", "Avg paper", "Avg diff") if c in tables[name]]
+        print(tables[name].attrs["paper"])
+        display(tables[name][cols].round(2))
+for name in ("lambda_sweep", "tau_sweep", "schedules"):
+    if name in tables:
+        print(f"{name}: {tables[name].attrs['note']}")'''),
+])
+
+task_specific = nb([
+    md("""# Table 2: task-specific distillation (SAMSum and GSM8K)
+
+Regenerates the paper's Table 2 (He et al., DA-KD, ICML 2025) on a preset's runs: every method
+(Teacher, SFT, KD-KL, KD-RKL, GKD, DistiLLM, DA-KD) trained on the task's own train split and
+evaluated on its test set: SAMSum by ROUGE-L, GSM8K by zero-shot accuracy of the final number
+(`dakd.tasks` documents prompts, decoding and answer extraction).
+
+Missing runs are trained and evaluated here (finished ones are reused). The table shows ours, the
+paper's value for the family `family` (default: the preset's, `dakd.presets.paper_comparison`;
+Llama2 7B -> 1.3B for the CPU presets) and our difference; it is written to
+`<run_root>/table2.json`, its figure to `figures_dir`."""),
+    params(table_parameters("table2") + '\nfamily = None                 # "Llama2", "Qwen2.5" or "Llama3.2"; None: the preset\'s'),
+    code(run_missing('("table2",)')),
+    code(collect_cell()),
+    md("## Table 2"),
+    code('''family = family or comparison["table2_family"] or "Llama2"
+''' + show_table("table2", 'results.table2(runs_of("table2"), family)',
+                 'results.paper_bars(df, ["SAMSum ROUGE-L", "GSM8K accuracy"], Path(figures_dir, "table2.png"), '
+                 'df.attrs["paper"])')),
+    md("## The paper's numbers beside ours"),
+    code('''if "table2" in tables:
+    print(tables["table2"].attrs["paper"])
+    display(tables["table2"].drop(columns=[c for c in tables["table2"] if c.endswith(" run")]).round(2))'''),
+])
+
+cost = nb([
+    md("""# Table 3 and Figure 1: training cost, and ROUGE-L against iterations
+
+Regenerates the paper's Table 3 (He et al., DA-KD, ICML 2025: iterations and minutes per method,
+Llama2-7B -> Sheared-LLaMA-2.7B on 4 x A800, DA-KD's minutes split into DDS scoring and
+distillation) and Figure 1 (ROUGE-L against training iterations, DA-KD beside full-data KD with
+the same loss, BDL), from a preset's runs. Minutes here are this machine's; what compares with
+the paper is each method's ratio to KD-KL and DA-KD's DDS share, shown with the difference.
+Figure 1's points are each epoch's saved student evaluated on DollyEval (`epoch_eval` in the
+runs' `results.json`, written when `save_epoch_students` is set).
+
+Missing runs are trained and evaluated here (finished ones are reused). Written:
+`<run_root>/table3.json`, `<run_root>/figure1.json`, and the figures in `figures_dir`."""),
+    params(table_parameters("table3 or figure1")),
+    code(run_missing('("table3", "figure1")')),
+    code(collect_cell()),
+    md("## Table 3: training cost"),
+    code(show_table("table3", 'results.table3(runs_of("table3"))',
+                    'results.paper_bars(df, ["minutes / KD-KL", "iterations / KD-KL"], Path(figures_dir, "table3.png"), '
+                    'df.attrs["paper"])')),
+    md("## Figure 1: ROUGE-L against training iterations"),
+    code('''if "figure1" in mine:
+    points = results.figure1_points(runs_of("figure1"))
+    fig1 = results.figure1(runs_of("figure1"), Path(figures_dir, "figure1.png"))
+    out = {"table": "figure1", "preset": preset, "points": json.loads(points.to_json(orient="records")),
+           "config_hashes": {k: r["config_hash"] for k, r in runs_of("figure1").items()},
+           "paper": "Figure 1 (curves, no numbers published)", "figure": str(fig1)}
+    Path(run_root, "figure1.json").write_text(json.dumps(out, indent=1))
+    print("wrote", Path(run_root, "figure1.json"))
+    display(Image(filename=str(fig1)))
+    display(points.round(2))'''),
+    md("## The paper's numbers beside ours"),
+    code('''if "table3" in tables:
+    t3 = tables["table3"]
+    print(t3.attrs["paper"])
+    display(t3[["minutes / KD-KL", "minutes / KD-KL paper", "minutes / KD-KL diff", "iterations / KD-KL",
+                "iterations / KD-KL paper", "iterations / KD-KL diff", "DDS share", "DDS share paper"]].round(3))'''),
+])
+
+for name, book in [("00_quickstart", quickstart), ("01_distill", distill), ("02_results", results_nb),
+                   ("03_ablations", ablations), ("04_task_specific", task_specific), ("05_cost", cost)]:
+    for i, cell in enumerate(book.cells):  # stable cell ids: regenerating changes only what changed
+        cell.id = f"{name[:2]}-{i:02d}"
     nbf.write(book, HERE / f"{name}.ipynb")
     print("wrote", HERE / f"{name}.ipynb")
