@@ -91,17 +91,15 @@ def _mix_k(terms):
     return kernel
 
 
-def _kl_logs(la, lb, a):
-    """[M] sum_v a (la - lb) from log-probabilities, 0 where la = -inf (0 log 0 = 0); nan kept."""
-    return torch.where(torch.isneginf(la), 0.0, a * (la - lb)).sum(-1)
-
-
 def _fkl_k(s, t, need_s, need_t):
     """Forward KL(p || q) = sum p (log p - log q): dL/ds = q - p; dL/dp = log p - log q (+ 1)."""
     lq, lp = F.log_softmax(s, -1), F.log_softmax(t, -1)
     p = lp.exp()
-    loss = _kl_logs(lp, lq, p)
-    gt = _softmax_grad(p, torch.where(torch.isneginf(lp), 0.0, p * (lp - lq))) if need_t else None
+    # p (log p - log q), 0 where p = 0 from a -inf logit (0 log 0 = 0); nan kept. It is also
+    # p * dL/dp, so the teacher's gradient reuses it
+    terms = (lp - lq).mul_(p).masked_fill_(torch.isneginf(lp), 0.0)
+    loss = terms.sum(-1)
+    gt = _softmax_grad(p, terms) if need_t else None
     gs = lq.exp_().sub_(p) if need_s else None  # lq is not read after this
     return loss, gs, gt
 
@@ -129,51 +127,57 @@ def _check_weight(name, w):
     return float(w)
 
 
-class _Divergence(torch.autograd.Function):
-    """Per-token divergence over the masked rows, value and gradient in one chunked pass.
+def _segments(mask, chunk_size):
+    """Runs of consecutive True positions of a [B, T] mask, cut to at most chunk_size tokens:
+    a list of (b, start, stop). A response is one run per sequence, so each chunk is a view of the
+    logits (no gather copy)."""
+    m = mask.detach().to("cpu", torch.bool)
+    out = []
+    for b in range(m.shape[0]):
+        pos = m[b].nonzero().squeeze(1).tolist()
+        if not pos:
+            continue
+        start = prev = pos[0]
+        for p in pos[1:] + [None]:
+            if p is not None and p == prev + 1 and p - start < chunk_size:
+                prev = p
+                continue
+            out.append((b, start, prev + 1))
+            if p is not None:
+                start = prev = p
+    return out
 
-    forward(s [B, T, V], t [B, T, V], idx [M, 2] (batch, position) of the masked rows, kernel,
-    chunk_size, dtype) -> [B, T] in `dtype`, 0 off the rows. When a gradient is needed, each
-    chunk's gradient rows are kept ([M, V] in the input's dtype) and backward only scales them by
-    the incoming per-token gradient."""
+
+class _Divergence(torch.autograd.Function):
+    """Per-token divergence over the masked positions, value and gradient in one chunked pass.
+
+    forward(s [B, T, V], t [B, T, V], segments [(b, start, stop)], kernel, dtype) -> [B, T] in
+    `dtype`, 0 off the segments. When a gradient is needed it is written, chunk by chunk, into a
+    [B, T, V] tensor of the input's dtype (0 off the mask); backward only scales it by the
+    incoming per-token gradient."""
 
     @staticmethod
-    def forward(ctx, s, t, idx, kernel, chunk_size, dtype):
+    def forward(ctx, s, t, segments, kernel, dtype):
         need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        B, T, V = s.shape
-        out = torch.zeros(B, T, dtype=dtype, device=s.device)
-        gs = s.new_empty(len(idx), V) if need_s else None
-        gt = t.new_empty(len(idx), V) if need_t else None
-        bi, ti = idx[:, 0], idx[:, 1]
-        for i in range(0, len(idx), chunk_size):
-            rb, rt = bi[i:i + chunk_size], ti[i:i + chunk_size]
-            loss, g_s, g_t = kernel(s[rb, rt].to(dtype), t[rb, rt].to(dtype), need_s, need_t)
-            out[rb, rt] = loss
+        out = torch.zeros(s.shape[:2], dtype=dtype, device=s.device)
+        gs = torch.zeros_like(s, memory_format=torch.contiguous_format) if need_s else None
+        gt = torch.zeros_like(t, memory_format=torch.contiguous_format) if need_t else None
+        for b, i, j in segments:
+            loss, g_s, g_t = kernel(s[b, i:j].to(dtype), t[b, i:j].to(dtype), need_s, need_t)
+            out[b, i:j] = loss
             if need_s:
-                gs[i:i + chunk_size] = g_s
+                gs[b, i:j] = g_s
             if need_t:
-                gt[i:i + chunk_size] = g_t
-        ctx.save_for_backward(idx, gs if need_s else None, gt if need_t else None)
-        ctx.shape = (B, T, V)
-        ctx.chunk_size = chunk_size
+                gt[b, i:j] = g_t
+        ctx.save_for_backward(gs, gt)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        idx, gs, gt = ctx.saved_tensors
-        bi, ti = idx[:, 0], idx[:, 1]
-        w = g[bi, ti].unsqueeze(-1)  # [M, 1]: the per-token weights of the output
-        grads = []
-        for rows in (gs, gt):
-            if rows is None:
-                grads.append(None)
-                continue
-            full = rows.new_zeros(ctx.shape)
-            c = ctx.chunk_size
-            for i in range(0, len(idx), c):
-                full[bi[i:i + c], ti[i:i + c]] = rows[i:i + c] * w[i:i + c].to(rows.dtype)
-            grads.append(full)
-        return grads[0], grads[1], None, None, None, None
+        gs, gt = ctx.saved_tensors
+        w = g.unsqueeze(-1)
+        return (None if gs is None else gs * w.to(gs.dtype), None if gt is None else gt * w.to(gt.dtype),
+                None, None, None)
 
 
 def _per_token(kernel, student_logits, teacher_logits, mask, chunk_size):
@@ -190,9 +194,8 @@ def _per_token(kernel, student_logits, teacher_logits, mask, chunk_size):
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dtype = torch.float64 if torch.float64 in (s.dtype, t.dtype) else torch.float32
-    # prompt and padding rows are never read: they cost nothing and a nan there changes nothing
-    idx = mask.bool().nonzero()
-    return _Divergence.apply(s, t, idx, kernel, chunk_size, dtype)
+    # prompt and padding positions are never read: they cost nothing and a nan there changes nothing
+    return _Divergence.apply(s, t, _segments(mask, chunk_size), kernel, dtype)
 
 
 _CONTRACT = """
