@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # dakd launcher.
-#   ./run_all.sh                      run the default CPU preset (notebooks through papermill)
+#   ./run_all.sh                      run the default CPU preset: Table 1's core rows (~22 min here)
 #   ./run_all.sh test                 run the test suite
-#   ./run_all.sh --preset NAME        run another preset (cpu, tiny)
-#   ./run_all.sh --preset NAME --gpus N   train each run in N processes via `accelerate launch`
-#                                     (on a machine without GPUs: N gloo processes on the CPU)
+#   ./run_all.sh --preset NAME        run another preset: cpu, tiny, cpu-full (every table and figure
+#                                     at CPU scale, ~90 min here), tiny-full, or a paper preset for GPUs:
+#                                     llama2-7b-sheared-1.3b, llama2-7b-sheared-2.7b, qwen2.5-7b-1.5b,
+#                                     qwen2.5-7b-0.5b, llama3.2-3b-1b (dakd/presets.py: what each needs)
+#   ./run_all.sh --preset NAME --gpus N   train and evaluate each run in N processes via `accelerate
+#                                     launch` (on a machine without GPUs: N gloo processes on the CPU)
 #   ./run_all.sh --preset NAME --gpus N --accelerate-config configs/accelerate/fsdp.yaml
 #                                     launch with that accelerate config (ddp, fsdp, deepspeed_zero2/3)
-# Executed notebooks, JSON results and HTML renderings go to runs/<preset>/, figures to figures/<preset>/.
+# Order: Table 1's runs through 01_distill (one executed notebook per run), then 03_ablations
+# (Tables 4, 5, sweeps), 04_task_specific (Table 2) and 05_cost (Table 3, Figure 1) for the tables the
+# preset has (each trains its own missing runs; finished runs are reused), then 02_results, then the
+# quickstart. Executed notebooks, JSON results and HTML renderings go to runs/<preset>/, figures to
+# figures/<preset>/.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,7 +28,7 @@ while [ $# -gt 0 ]; do
       [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
       # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
       export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -53,7 +60,7 @@ if [ "$mode" = test ]; then
   exec "$PY" -m pytest -q tests
 fi
 
-# --- a preset: one papermill execution of 01_distill per run, then 02_results, then the tour ----
+# --- a preset: 01_distill per Table 1 run, the table notebooks 03-05, 02_results, the tour ------
 start=$(date +%s)
 root="runs/$preset"
 nbdir="$root/notebooks"
@@ -78,13 +85,31 @@ execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the 
   "$PY" -m jupyter nbconvert --to html --log-level WARN "$dst" >/dev/null 2>&1 || echo "run_all.sh: (no HTML rendering of $dst)"
 }
 
-for run in $("$PY" -m dakd.cli preset-runs "$preset"); do
-  execute notebooks/01_distill.ipynb "$nbdir/01_distill_$run.ipynb" -f "$root/params/$run.yaml" \
-    -p num_processes "$gpus" -p cpu "$cpu_flag"
-done
-execute notebooks/02_results.ipynb "$nbdir/02_results.ipynb" -p run_root "$root" -p figures_dir "figures/$preset"
-# the tour uses the preset's own teacher/student pair (the real SmolLM2 pair for cpu)
-pair=$("$PY" -c "import yaml; c = yaml.safe_load(open('$root/params/dakd.yaml')); print(c['teacher'], c['student'], c['prompt_style'])")
+tables=" $("$PY" -m dakd.cli preset-tables "$preset" | tr '\n' ' ') "
+has() { for t in "$@"; do case "$tables" in *" $t "*) return 0 ;; esac; done; return 1; }
+if has table1; then
+  for run in $("$PY" -m dakd.cli preset-runs "$preset" --table table1); do
+    execute notebooks/01_distill.ipynb "$nbdir/01_distill_$run.ipynb" -f "$root/params/$run.yaml" \
+      -p num_processes "$gpus" -p cpu "$cpu_flag"
+  done
+fi
+table_args=(-p preset "$preset" -p run_root "$root" -p figures_dir "figures/$preset" -p num_processes "$gpus" -p cpu "$cpu_flag")
+if has table4 table5 lambda_sweep tau_sweep schedules; then
+  execute notebooks/03_ablations.ipynb "$nbdir/03_ablations.ipynb" "${table_args[@]}"
+fi
+if has table2; then
+  execute notebooks/04_task_specific.ipynb "$nbdir/04_task_specific.ipynb" "${table_args[@]}"
+fi
+if has table3 figure1; then
+  execute notebooks/05_cost.ipynb "$nbdir/05_cost.ipynb" "${table_args[@]}"
+fi
+execute notebooks/02_results.ipynb "$nbdir/02_results.ipynb" -p run_root "$root" -p figures_dir "figures/$preset" \
+  -p preset "$preset"
+# the tour uses the preset's own teacher/student pair (the real SmolLM2 pair for cpu): a DA-KD run's
+pair=$("$PY" -c "
+from dakd.presets import get_preset
+c = next(c for c in get_preset('$preset', '$root').values() if c.method == 'dakd')
+print(c.teacher, c.student, c.prompt_style)")
 read -r q_teacher q_student q_style <<< "$pair"
 execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir "$root/quickstart" \
   -p teacher "$q_teacher" -p student "$q_student" -p prompt_style "$q_style"
@@ -92,6 +117,9 @@ execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir
 echo
 echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
 echo "  table:     $root/results_table.json (rendered in $nbdir/02_results.ipynb / .html)"
+for t in table2 table3 figure1 table4 table5 lambda_sweep tau_sweep schedules; do
+  if [ -f "$root/$t.json" ]; then echo "  $t: $root/$t.json"; fi
+done
 echo "  figures:   figures/$preset/"
 echo "  notebooks: $nbdir/"
 "$PY" -c "
