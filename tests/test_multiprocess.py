@@ -1,6 +1,7 @@
 """Two gloo processes on the CPU through `accelerate launch`: data-parallel evaluation scores every
-prompt exactly once and in prompt order, as one process does; a tiny DA-KD job trains with the
-same plan, scores every sample's DDS once, and matches a one-process run."""
+prompt exactly once and in prompt order, as one process does (also for another model folder and
+other sets, Figure 1's per-epoch evaluation); a tiny DA-KD job trains with the same plan, scores
+every sample's DDS once, and matches a one-process run."""
 
 import json
 import math
@@ -69,6 +70,26 @@ def test_two_process_evaluation_scores_every_prompt_exactly_once(tmp_path):
         assert [e["response"] for e in b["examples"]] == [e["response"] for e in a["examples"]]
         assert b["generated_tokens"] == a["generated_tokens"] > 0
         assert b["rougeL"] == pytest.approx(a["rougeL"])
+
+
+def test_two_process_evaluation_of_another_model_on_other_sets(tmp_path):
+    # Figure 1's path: an epoch's student evaluated through the same launch, on eval_datasets[0]
+    import shutil
+
+    from dakd.models import TINY_STUDENT, resolve_model
+
+    folder = tmp_path / "epoch_students" / "epoch0"
+    shutil.copytree(resolve_model(TINY_STUDENT), folder)
+    cfg = get_preset("tiny", root=str(tmp_path))["dakd"].replace(
+        output_dir=str(tmp_path), eval_datasets=("vicuna", "dolly"), eval_samples=5, eval_seeds=(None,),
+        eval_batch_size=1, max_new_tokens=5)
+    two = launch_evaluation(cfg, num_processes=2, cpu=True, model_path=folder, datasets=("vicuna",))
+    assert json.loads((folder / "eval.json").read_text()) == two  # written beside that model
+    one = evaluate_run(cfg, model_path=folder, datasets=("vicuna",))
+    assert list(two) == list(one) == ["vicuna"]
+    assert two["vicuna"]["num_processes"] == 2 and two["vicuna"]["num_prompts"] == one["vicuna"]["num_prompts"] == 5
+    assert two["vicuna"]["per_prompt"] == one["vicuna"]["per_prompt"]
+    assert two["vicuna"]["generated_tokens"] == one["vicuna"]["generated_tokens"] > 0
 
 
 # ---------------------------------------------------------------- two-process training
