@@ -17,7 +17,8 @@ against the exact logits and against each reconstruction, and the response CEs. 
 relative to the exact teacher: BDL as |mean_k - mean_exact| / mean_exact over all response tokens
 (and the per-token mean |BDL_k - BDL_exact| / mean_exact); CE_teacher (`topk_response_ce` against
 `response_ce`) and DDS = CE_student / (CE_teacher + eps) per example, mean and max of |x_k - x| / x;
-the Spearman correlation of the DDS ranking. Each cache is built with `build_topk_cache` into a
+the Spearman correlation of the DDS ranking. The same for ``topk_response_ce(exact=True)``, which
+reads the exact ground-truth log-probs the build stores beside the top k. Each cache is built with `build_topk_cache` into a
 temporary folder (float32 log-probs) and deleted afterwards.
 
 Last line: speed-up (exact teacher forward / cache read + reconstruct) and errors at each k.
@@ -139,7 +140,7 @@ def main():
               "BDL rel err | BDL per-token err | CE_teacher rel err mean / max | DDS rel err mean / max "
               "| DDS Spearman |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        last = []
+        last, stored = [], {}
         for k in args.k:
             ce_k = topk_response_ce(caches[k], examples)
             dds_k = difficulty_scores(s_ce, ce_k, cfg.dds_eps)
@@ -152,6 +153,11 @@ def main():
                   f"{dds_err.mean():.2e} / {dds_err.max():.2e} | {spearman(dds_k, dds):.4f} |")
             last.append(f"k={k}: speed-up {up:.1f}x, BDL rel err {b_rel:.1e}, DDS rel err mean "
                         f"{dds_err.mean():.1e}")
+            ce_x = topk_response_ce(caches[k], examples, exact=True)
+            stored[k] = (rel(ce_x, t_ce).max(), rel(difficulty_scores(s_ce, ce_x, cfg.dds_eps), dds).max())
+        for k, (ce_e, dds_e) in stored.items():
+            print(f"k {k}, CE_teacher from the stored ground-truth log-probs (exact=True): max rel err "
+                  f"CE_teacher {ce_e:.1e}, DDS {dds_e:.1e}")
         del caches
     print("; ".join(last))
 

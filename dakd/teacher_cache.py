@@ -18,7 +18,9 @@ examples, in example order then position order; ``ids`` ``[P, k]`` int32 token i
 first; ``logp`` ``[P, k]`` log-probabilities in nats, float32 by default (float16 on request:
 half the file, ~1e-3 relative rounding); ``log_tail`` ``[P]`` float32, log(1 - sum of the top k)
 computed as the log-sum-exp of the other V - k log-probabilities (-inf when k = V); ``offsets``
-``[N + 1]`` int64 row ranges; ``sample_ids`` ``[N]`` int64. A response position is one that
+``[N + 1]`` int64 row ranges; ``sample_ids`` ``[N]`` int64; ``target_logp`` ``[P]`` float32, the
+exact log-probability of the ground-truth next token (4 bytes a position, free at build time: it
+makes CE_teacher and DDS exact whatever k, see `topk_response_ce`). A response position is one that
 predicts a response token: position t of an example holds the distribution of token t + 1, for
 t = prompt_length - 1 ... len - 2 (``response_mask[:, 1:]`` of `dakd.data.DistillCollator`).
 """
@@ -39,7 +41,7 @@ from .difficulty import save_tensor
 from .losses import get_per_token_loss
 
 FORMAT = "dakd-topk-teacher-cache/1"
-_FIELDS = ("ids", "logp", "log_tail", "offsets", "sample_ids")
+_FIELDS = ("ids", "logp", "log_tail", "offsets", "sample_ids", "target_logp")
 
 
 class TopKCacheError(ValueError):
@@ -135,10 +137,12 @@ def build_topk_cache(teacher, examples: list[dict], pad_token_id: int, k: int, p
             mask = b["response_mask"][:, 1:].to(device)
             lp = F.log_softmax(logits[:, :-1, :V][mask].float(), dim=-1)  # [M, V]
             ids, logp, tail = _topk_rows(lp, k)
+            target = lp.gather(1, b["input_ids"][:, 1:].to(device)[mask][:, None])[:, 0]
             # rows come out batch-major, position-minor: split them back per example
             counts = mask.sum(1).tolist()
-            for i, a, p, t in zip(idx, ids.split(counts), logp.split(counts), tail.split(counts)):
-                parts[i] = (a.to(torch.int32).cpu(), p.to(logp_dtype).cpu(), t.float().cpu())
+            for i, a, p, t, g in zip(idx, ids.split(counts), logp.split(counts), tail.split(counts),
+                                     target.split(counts)):
+                parts[i] = (a.to(torch.int32).cpu(), p.to(logp_dtype).cpu(), t.float().cpu(), g.cpu())
     finally:
         teacher.train(was_training)
     lengths = torch.tensor([len(p[2]) for p in parts], dtype=torch.int64)
@@ -147,6 +151,7 @@ def build_topk_cache(teacher, examples: list[dict], pad_token_id: int, k: int, p
            "ids": torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, k, dtype=torch.int32),
            "logp": torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, k, dtype=logp_dtype),
            "log_tail": torch.cat([p[2] for p in parts]) if parts else torch.zeros(0),
+           "target_logp": torch.cat([p[3] for p in parts]) if parts else torch.zeros(0),
            "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
            "sample_ids": torch.tensor(sids, dtype=torch.int64)}
     save_tensor(obj, path)
@@ -233,6 +238,7 @@ class TopKTeacherCache:
         self.k, self.vocab, self.teacher = obj["k"], obj["vocab"], obj["teacher"]
         self.max_length, self.logp_dtype, self.data_hash = obj["max_length"], obj["logp_dtype"], obj["data_hash"]
         self._ids, self._logp, self._tail = obj["ids"], obj["logp"], obj["log_tail"]
+        self._target = obj["target_logp"]
         self._offsets = obj["offsets"].tolist()
         self._row = {sid: i for i, sid in enumerate(obj["sample_ids"].tolist())}
 
@@ -240,10 +246,10 @@ class TopKTeacherCache:
         missing = [f for f in _FIELDS + ("k", "vocab") if f not in obj]
         if missing:
             raise TopKCacheError(f"{self.path}: top-k teacher cache without {missing}; delete it to rebuild")
-        ids, logp, tail, off, sids, k = (obj[f] for f in _FIELDS + ("k",))
+        ids, logp, tail, off, sids, target, k = (obj[f] for f in _FIELDS + ("k",))
         P = len(tail)
         ok = (ids.dtype == torch.int32 and logp.dtype in (torch.float32, torch.float16)
-              and ids.shape == logp.shape == (P, k) and tail.shape == (P,)
+              and ids.shape == logp.shape == (P, k) and tail.shape == target.shape == (P,)
               and off.shape == (len(sids) + 1,) and int(off[0]) == 0 and int(off[-1]) == P
               and bool((off[1:] >= off[:-1]).all()))
         if not ok:
@@ -271,10 +277,19 @@ class TopKTeacherCache:
         Raises:
             KeyError: a sample id is not in the cache (the message names the file).
         """
+        sel, lengths = self._select(sample_ids)
+        return TopKRows(self._ids[sel].long(), self._logp[sel].float(), self._tail[sel].float(),
+                        lengths, self.vocab)
+
+    def target_logp(self, sample_ids) -> torch.Tensor:
+        """``[P]`` float32 nats: the exact teacher log-probability of the ground-truth next token at
+        every cached position of ``sample_ids``, in `rows` order (stored at build time)."""
+        return self._target[self._select(sample_ids)[0]].float()
+
+    def _select(self, sample_ids) -> tuple[torch.Tensor, torch.Tensor]:
         spans = [(self._offsets[i], self._offsets[i + 1]) for i in map(self._index, list(map(int, sample_ids)))]
         sel = torch.cat([torch.arange(a, b) for a, b in spans]) if spans else torch.zeros(0, dtype=torch.long)
-        return TopKRows(self._ids[sel].long(), self._logp[sel].float(), self._tail[sel].float(),
-                        torch.tensor([b - a for a, b in spans], dtype=torch.int64), self.vocab)
+        return sel, torch.tensor([b - a for a, b in spans], dtype=torch.int64)
 
     def response_rows(self, sample_ids, response_mask: torch.Tensor) -> TopKRows:
         """`rows` of a collated batch, checked against its layout.
@@ -342,14 +357,19 @@ def cached_per_token_loss(name: str, student_logits: torch.Tensor, rows: TopKRow
     return torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device).masked_scatter(mask, tok)
 
 
-def topk_response_ce(cache: TopKTeacherCache, examples: list[dict]) -> torch.Tensor:
+def topk_response_ce(cache: TopKTeacherCache, examples: list[dict], exact: bool = False) -> torch.Tensor:
     """CE_teacher of DDS (paper Eq. 1) from the cache: per example, the mean over response tokens of
-    -log p(ground-truth token), exact when the token is in the top k, else the uniform tail share
-    -(log_tail - log(V - k)).
+    -log p(ground-truth token).
+
+    Args:
+        exact: False: the reconstruction's value, exact when the token is in the top k, else the
+            uniform tail share -(log_tail - log(V - k)) (the CE of the distribution the losses see).
+            True: the exact teacher log-probability stored at build time (``target_logp``), so DDS
+            carries no cache error at any k (measured: ``benchmarks/teacher_cache.py``).
 
     Returns:
         ``[N]`` float32 nats per response token, in ``examples`` order (0 for no response token);
-        equals `dakd.difficulty.response_ce` of the exact teacher when k = V.
+        equals `dakd.difficulty.response_ce` of the exact teacher when k = V or ``exact``.
 
     Raises:
         KeyError: an example is not in the cache. ValueError: its response length differs.
@@ -360,13 +380,16 @@ def topk_response_ce(cache: TopKTeacherCache, examples: list[dict]) -> torch.Ten
         bad = next(i for i in range(len(examples)) if rows.lengths[i] != want[i])
         raise ValueError(f"{cache.path}: sample id {examples[bad]['sample_id']} has {int(want[bad])} "
                          f"response tokens but {int(rows.lengths[bad])} cached rows")
-    targets = torch.tensor([t for e in examples for t in e["input_ids"][e["prompt_length"]:]],
-                           dtype=torch.long)
-    hit = rows.ids == targets[:, None]  # [P, k], at most one True per row
-    found = hit.any(1)
-    tail = (rows.log_tail - math.log(cache.vocab - cache.k) if cache.k < cache.vocab
-            else torch.full_like(rows.log_tail, float("-inf")))
-    lp = torch.where(found, rows.logp.masked_fill(~hit, 0.0).sum(1), tail)
+    if exact:
+        lp = cache.target_logp([e["sample_id"] for e in examples])
+    else:
+        targets = torch.tensor([t for e in examples for t in e["input_ids"][e["prompt_length"]:]],
+                               dtype=torch.long)
+        hit = rows.ids == targets[:, None]  # [P, k], at most one True per row
+        found = hit.any(1)
+        tail = (rows.log_tail - math.log(cache.vocab - cache.k) if cache.k < cache.vocab
+                else torch.full_like(rows.log_tail, float("-inf")))
+        lp = torch.where(found, rows.logp.masked_fill(~hit, 0.0).sum(1), tail)
     seg = torch.repeat_interleave(torch.arange(len(examples)), rows.lengths)
     total = torch.zeros(len(examples)).index_add_(0, seg, -lp)
     return total / rows.lengths.clamp(min=1)

@@ -110,6 +110,14 @@ def test_topk_response_ce_takes_the_tail_share_outside_the_top_k(pair, short, sm
     torch.testing.assert_close(got, want[None], atol=1e-4, rtol=0)
 
 
+def test_stored_target_logprobs_give_the_exact_teacher_ce_at_small_k(pair, short, smol_tok, small_cache):
+    logits, b = _exact_logits(pair[0], short, smol_tok.pad_token_id)
+    exact = response_ce(logits, b["input_ids"], b["response_mask"])
+    torch.testing.assert_close(C.topk_response_ce(small_cache, short, exact=True), exact, atol=1e-5, rtol=0)
+    # the reconstruction's CE is off here (a random teacher's true tokens lie outside its top 8)
+    assert (C.topk_response_ce(small_cache, short) - exact).abs().max() > 1e-2
+
+
 def test_dense_and_row_losses_agree_below_full_k_and_stay_finite(pair, short, smol_tok, small_cache):
     teacher, student = pair
     b = DistillCollator(smol_tok.pad_token_id)(short)
