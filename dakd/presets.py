@@ -352,7 +352,8 @@ def paper(name: str, root: str | None = None) -> tuple[dict[str, DistillConfig],
     prompts (<= 256 tokens, total <= 512); evaluation on the full test sets, 5 sampling seeds
     (10 ... 50), 256 new tokens, batches of 32. The first run, ``teacher_sft`` (method "sft" with
     the teacher as student, on Dolly's whole train split), is the teacher of every later Dolly run
-    (``<root>/teacher_sft/student``) and Table 1's Teacher row. Table 2's runs use a teacher
+    (``<root>/teacher_sft/student``) and Table 1's Teacher row; it uses the students' settings
+    above (the paper gives none for the teacher SFT). Table 2's runs use a teacher
     fine-tuned on the same task's train split (``samsum_teacher_sft``, ``gsm8k_teacher_sft``): our
     reading of the paper's task-specific setting, which does not say.
 
