@@ -209,25 +209,25 @@ def cpu_full(root: str = "runs/cpu-full") -> tuple[dict[str, DistillConfig], dic
     """Every table and figure of the paper at CPU scale, on the offline SmolLM2 pair: 42 runs,
     about 90 minutes on this machine (2 CPU cores, fp32); `./run_all.sh --preset cpu-full`.
 
-    Smaller than ``cpu`` per run so that all of it fits: 48 Dolly training samples (seeded
+    Smaller than ``cpu`` per run so that all of it fits: 32 Dolly training samples (seeded
     subset), 3 epochs, global batch 8, lr 1e-4, ChatML prompts (<= 192 tokens, total <= 256),
     one sampling seed (10), 64 new tokens, batches of 16 prompts. Table 1's runs (the shared DA-KD
-    run among them) are evaluated on the first 24 prompts of each of the five instruction sets;
-    the ablation-only runs on the same 24 DollyEval prompts only (their tables compare the Dolly
-    column). Table 2: 48 training samples of SAMSum / GSM8K each, the first 24 test prompts, up
+    run among them) are evaluated on the first 16 prompts of each of the five instruction sets;
+    the ablation-only runs on the same 16 DollyEval prompts only (their tables compare the Dolly
+    column). Table 2: 32 training samples of SAMSum / GSM8K each, the first 16 test prompts, up
     to 128 new tokens (SAMSum's own cap; GSM8K's chains of thought need more than 64), prompts
     <= 256 tokens and total <= 320 (SAMSum's dialogues are long, its summaries short). SeqKD, GKD
     and DistiLLM generate at most 64 new tokens (128 for the tasks) while training, and DistiLLM's
-    adaptive schedule validates on 24 dev records (its default, 1,000, would cost minutes per epoch).
+    adaptive schedule validates on 16 dev records (its default, 1,000, would cost minutes per epoch).
 
     No teacher SFT at CPU scale: the paper fine-tunes its teachers on Dolly first, but one teacher
     pass over Dolly's 11,435 training samples alone takes about an hour here; SmolLM2-135M-Instruct
     is already instruction-tuned and is used as shipped (README, "No teacher SFT").
 
     Estimated minutes here, from: a KD step on 8 samples of <= 256 tokens ~5 s (an SFT step about
-    half), a DDS pass over 48 samples ~15 s, generation ~1 s per 10 new tokens per batch of 16
-    (the 30-layer teacher ~2.5x slower), ~15 s of loading and notebook start per run. KD: 3 x 6
-    steps; DA-KD (cosine, r = 1, 0.75, 0.25): 6 + 5 + 2 steps plus two DDS passes. SeqKD, GKD and
+    half), a DDS pass over 32 samples ~10 s, generation ~1 s per 10 new tokens per batch of 16
+    (the 30-layer teacher ~2.5x slower), ~15 s of loading and notebook start per run. KD: 3 x 4
+    steps; DA-KD (cosine, r = 1, 0.75, 0.25): 4 + 3 + 1 steps plus two DDS passes. SeqKD, GKD and
     DistiLLM add teacher / student generation (SeqKD once, GKD and DistiLLM during training), the
     least certain part of these estimates.
 
@@ -249,15 +249,15 @@ def cpu_full(root: str = "runs/cpu-full") -> tuple[dict[str, DistillConfig], dic
     about 90 minutes in all. Checkpoints are off (42 runs x ~0.6 GB); a killed run restarts.
     """
     base = DistillConfig(teacher=DEFAULT_TEACHER, student=DEFAULT_STUDENT, prompt_style="chatml",
-                         train_samples=48, epochs=3, batch_size=8, micro_batch_size=8, lr=1e-4,
-                         max_prompt_length=192, max_length=256, eval_samples=24, eval_seeds=(10,),
+                         train_samples=32, epochs=3, batch_size=8, micro_batch_size=8, lr=1e-4,
+                         max_prompt_length=192, max_length=256, eval_samples=16, eval_seeds=(10,),
                          max_new_tokens=64, eval_batch_size=16, seed=42, save_checkpoints=False)
     # SeqKD / GKD / DistiLLM generate as many tokens as the evaluation (the default 256 is capped by
-    # max_length anyway); DistiLLM's adaptive SGO rule validates on 24 Dolly dev records, not 1,000
+    # max_length anyway); DistiLLM's adaptive SGO rule validates on 16 Dolly dev records, not 1,000
     return _suite(base, root, TABLES, table1_eval=INSTRUCTION_SETS, ablation_eval=("dolly",),
                   task={"max_prompt_length": 256, "max_length": 320, "max_new_tokens": 128,
                         "baseline": {"gen_max_new_tokens": 128}},
-                  baseline={"gen_max_new_tokens": 64, "sgo_val_samples": 24})
+                  baseline={"gen_max_new_tokens": 64, "sgo_val_samples": 16})
 
 
 def tiny_full(root: str = "runs/tiny-full") -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:

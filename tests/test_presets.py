@@ -107,8 +107,8 @@ def test_cpu_full_is_the_documented_cpu_scale():
     assert not any(k.endswith("teacher_sft") for k in runs)  # no teacher SFT at CPU scale
     for k, c in runs.items():
         assert (c.teacher, c.student, c.epochs, c.train_samples, c.eval_seeds, c.seed) == \
-            ("smollm2-135m-instruct", "smollm2-student-l6", 3, 48, (10,), 42), k
-        assert c.eval_samples == 24 and not c.save_checkpoints, k
+            ("smollm2-135m-instruct", "smollm2-student-l6", 3, 32, (10,), 42), k
+        assert c.eval_samples == 16 and not c.save_checkpoints, k
     for k in tables["table1"]:
         assert runs[k].eval_datasets == P.INSTRUCTION_SETS and runs[k].max_new_tokens == 64
     ablation_only = set().union(*(tables[t] for t in ("table4", "table5", "lambda_sweep", "tau_sweep",
