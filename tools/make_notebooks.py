@@ -1,5 +1,7 @@
 """Write the notebooks' source (unexecuted) from this one file, so their cells stay reviewable as
-code. Run: python tools/make_notebooks.py. The executed copies are written by run_all.sh."""
+code. Run: python tools/make_notebooks.py. The executed copies are written by run_all.sh into
+runs/<preset>/notebooks/; tools/publish_notebooks.py copies a preset's executed copies over these
+(same cells, plus outputs), and tests/test_published_notebooks.py checks that they still match."""
 
 from pathlib import Path
 
@@ -423,9 +425,17 @@ Missing runs are trained and evaluated here (finished ones are reused). Written:
                 "iterations / KD-KL paper", "iterations / KD-KL diff", "DDS share", "DDS share paper"]].round(3))'''),
 ])
 
-for name, book in [("00_quickstart", quickstart), ("01_distill", distill), ("02_results", results_nb),
-                   ("03_ablations", ablations), ("04_task_specific", task_specific), ("05_cost", cost)]:
-    for i, cell in enumerate(book.cells):  # stable cell ids: regenerating changes only what changed
-        cell.id = f"{name[:2]}-{i:02d}"
-    nbf.write(book, HERE / f"{name}.ipynb")
-    print("wrote", HERE / f"{name}.ipynb")
+def build() -> dict:
+    """Every notebook, by name, as nbformat objects with stable cell ids."""
+    books = {"00_quickstart": quickstart, "01_distill": distill, "02_results": results_nb,
+             "03_ablations": ablations, "04_task_specific": task_specific, "05_cost": cost}
+    for name, book in books.items():
+        for i, cell in enumerate(book.cells):  # stable cell ids: regenerating changes only what changed
+            cell.id = f"{name[:2]}-{i:02d}"
+    return books
+
+
+if __name__ == "__main__":
+    for name, book in build().items():
+        nbf.write(book, HERE / f"{name}.ipynb")
+        print("wrote", HERE / f"{name}.ipynb")
