@@ -31,7 +31,7 @@ METHOD_LOSSES = {"gkd": ("js_divergence",), "distillm": ("skew_reverse_kl", "ske
 # (and its finished results stay reusable); any other value changes the hash.
 _HASH_OMIT_AT_DEFAULT = ("beta", "student_data_fraction", "gen_max_new_tokens", "gen_temperature",
                          "sgo_init_prob", "sgo_prob_step", "sgo_loss_eps", "sgo_max_prob",
-                         "replay_buffer_size", "sgo_val_samples")
+                         "replay_buffer_size", "sgo_val_samples", "teacher_cache_k")
 
 
 @dataclass
@@ -70,6 +70,10 @@ class DistillConfig:
     sgo_max_prob: float = 1.0  # DistiLLM: cap of the SGO probability
     replay_buffer_size: int = 1000  # DistiLLM: replay buffer capacity, samples per process
     sgo_val_samples: int = 1000  # DistiLLM: validation records for the adaptive SGO rule
+    # opt-in (not in the paper): read the teacher's top-k next-token distributions from a cache
+    # written once per teacher + data (dakd.teacher_cache) instead of a teacher forward every step;
+    # None = the exact teacher. kd and dakd only; DDS keeps the exact teacher CE
+    teacher_cache_k: int | None = None
     # data
     dataset: str = "dolly"  # training set: "dolly" (Table 1), "samsum" or "gsm8k" (Table 2)
     train_samples: int | None = None  # None = the whole train split; else a seeded subset
@@ -115,6 +119,12 @@ class DistillConfig:
         for name in ("gen_max_new_tokens", "replay_buffer_size", "sgo_val_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_cache_k is not None:
+            if self.teacher_cache_k < 1:
+                raise ValueError(f"teacher_cache_k must be None (exact teacher) or >= 1, got {self.teacher_cache_k}")
+            if self.method not in ("kd", "dakd"):
+                raise ValueError(f"teacher_cache_k applies to methods 'kd' and 'dakd' (the cache holds the "
+                                 f"teacher on ground-truth responses), not {self.method!r}")
         # fail at construction, not at epoch 1 after an epoch of training
         from .data import DATASETS, PROMPT_STYLES
         from .losses import canonical_loss_name

@@ -80,7 +80,8 @@ def _loss_params(cfg: DistillConfig) -> dict:
     return {}
 
 
-def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int):
+def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int, topk=None,
+                 sample_ids=None):
     """Per-token training loss for one micro-batch, and the teacher's logits.
 
     SFT and SeqKD: cross-entropy of the batch's response token (ground truth, or the teacher's
@@ -88,9 +89,12 @@ def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int):
     student's next-token distributions over the shared vocabulary ``[:vocab]``, on whatever
     response the batch holds (ground truth or student-generated).
 
+    With ``topk`` (a `dakd.teacher_cache.TopKTeacherCache`, ``cfg.teacher_cache_k``) the teacher's
+    distribution is read from the cache for the examples ``sample_ids`` instead of a teacher forward.
+
     Returns:
         (``[B, T-1]`` float32 nats, zero off the response mask; teacher logits ``[B, T, V_t]`` or
-        None for SFT and SeqKD).
+        None for SFT, SeqKD and a cached teacher).
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask = batch["response_mask"][:, 1:]
@@ -98,6 +102,11 @@ def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int):
     if cfg.method in ("sft", "seqkd"):
         ce = F.cross_entropy(s_logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
         return ce.masked_fill(~mask, 0.0), None
+    if topk is not None:
+        from .teacher_cache import cached_per_token_loss
+
+        rows = topk.response_rows(sample_ids, batch["response_mask"])
+        return cached_per_token_loss(cfg.loss, s_logits[..., :vocab], rows, mask, **_loss_params(cfg)), None
     with torch.no_grad():
         t_full = teacher(input_ids=ids, attention_mask=attn).logits
     fn = get_per_token_loss(cfg.loss)
@@ -329,6 +338,9 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     examples, report = D.tokenize_records(records, tok, cfg.prompt_style, cfg.max_prompt_length, cfg.max_length)
     n = len(examples)
     accelerator.print(f"[dakd] {cfg.method}: {report}")
+    if n == 0:
+        raise ValueError(f"no training sample of {cfg.dataset!r} is left after filtering ({report}); "
+                         f"raise max_prompt_length ({cfg.max_prompt_length}) or max_length ({cfg.max_length})")
 
     data_hash = _data_hash(examples)
     ckpt = _find_checkpoint(out) if resume else None
@@ -350,6 +362,18 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     if cfg.method not in ("sft", "seqkd"):
         teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
         vocab = check_pair(load_tokenizer(cfg.teacher, cfg.trust_remote_code), tok, teacher, student)
+    topk, topk_record = None, None
+    if cfg.teacher_cache_k:
+        from .teacher_cache import load_or_build_topk_cache
+
+        tk0 = time.perf_counter()
+        teacher = teacher.to(accelerator.device)
+        topk, topk_hit = load_or_build_topk_cache(teacher, examples, tok.pad_token_id, cfg.teacher_cache_k,
+                                                  resolve_model(cfg.teacher), cfg.max_length, vocab,
+                                                  cfg.micro_batch_size, accelerator=accelerator)
+        topk_record = {"k": cfg.teacher_cache_k, "path": str(topk.path), "from_cache": topk_hit,
+                       "seconds": time.perf_counter() - tk0}
+        teacher = None  # every step reads the cache: the teacher's memory is given back
 
     plan = epoch_plan(cfg, n)
     world = accelerator.num_processes
@@ -419,6 +443,13 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         if not (isinstance(teacher_ce, torch.Tensor) and teacher_ce.shape == (n,)):
             teacher_ce = None
     needs_dds = cfg.method == "dakd" and cfg.selection in ("dds", "top")
+    if topk is not None:
+        from .teacher_cache import topk_response_ce
+
+        state["teacher_cache"] = topk_record
+        if needs_dds and teacher_ce is None:
+            # the exact teacher CE stored when the cache was built: DDS carries no top-k error
+            teacher_ce = topk_response_ce(topk, examples, exact=True)
     for epoch in range(len(state["epochs"]), cfg.epochs):
         ratio = selection_ratio(epoch, cfg.epochs, cfg.schedule) if cfg.method == "dakd" else 1.0
         rec = {"epoch": epoch, "ratio": ratio, "num_samples": n}
@@ -532,7 +563,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                 b = {k: v.to(accelerator.device) for k, v in collate(mb).items()}
                 ctx = accelerator.no_sync(student) if j < len(micro) - 1 else contextlib.nullcontext()
                 with ctx:
-                    per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab)
+                    per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab, topk,
+                                                     [e["sample_id"] for e in mb])
                     if fill_teacher_ce and weight:
                         teacher_ce_acc[[e["index"] for e in mb]] = response_ce(
                             t_logits, b["input_ids"], b["response_mask"]).cpu()
