@@ -160,7 +160,8 @@ import pandas as pd
 from dakd import pipeline, results
 from dakd.config import DistillConfig
 
-fields = {f: globals()[f] for f in DistillConfig.__dataclass_fields__}
+# a field missing from the parameters (a parameter file written before it existed) keeps its default
+fields = {f: globals()[f] for f in DistillConfig.__dataclass_fields__ if f in globals()}
 cfg = DistillConfig.from_dict(fields)
 print(f"{pipeline.method_label(cfg)}: config {cfg.config_hash()} -> {cfg.output_dir}")"""),
     code("""res = pipeline.run(cfg, num_processes=num_processes, cpu=cpu)"""),
