@@ -243,3 +243,20 @@ def test_results_notebook_gathers_the_saved_tables(full_root, tmp_path):
     assert [r["method"] for r in out["table1"]] == ["SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD"]
     assert out["other_tables"] == {t: True for t in ("table2", "table3", "figure1", "table4", "table5",
                                                       "lambda_sweep", "tau_sweep", "schedules")}
+
+
+def test_a_distill_notebook_older_than_a_config_field_still_runs(tiny_root, tmp_path):
+    # regression: a parameters cell (and parameter file) written before DistillConfig gained
+    # `teacher_cache_k` stopped 01_distill with KeyError: 'teacher_cache_k'; the field now keeps
+    # its default and the finished run is found by its unchanged config hash
+    nb = nbformat.read(NB / "01_distill.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(l for l in cell.source.splitlines() if not l.startswith("teacher_cache_k"))
+    old = tmp_path / "old_01.ipynb"
+    nbformat.write(nb, old)
+    params = yaml.safe_load((tiny_root / "params" / "sft.yaml").read_text())
+    params.pop("teacher_cache_k")
+    pm.execute_notebook(str(old), str(tmp_path / "ran.ipynb"), parameters=params, **KW)
+    ran = nbformat.read(tmp_path / "ran.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in ran.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"complete (config {get_preset('tiny')['sft'].config_hash()}), reused" in printed
