@@ -90,7 +90,10 @@ def main():
     ap.add_argument("--samples", type=int, help="training samples to load (default: the preset's)")
     ap.add_argument("--epochs", type=int, help="E (default: the preset's)")
     ap.add_argument("--train-log", default="runs/cpu/dakd/train_log.json")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg, tok, examples = setup(args.quick, args.samples)
     E = args.epochs or cfg.epochs
     if E < 2:

@@ -39,7 +39,10 @@ def main():
     ap.add_argument("--prompts", type=int)
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = args.model or (TINY_TEACHER if args.quick else DEFAULT_TEACHER)
     n = args.prompts or (8 if args.quick else 16)
     new = args.max_new_tokens or (16 if args.quick else 64)

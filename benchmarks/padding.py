@@ -51,7 +51,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny random pair, 24 examples")
     ap.add_argument("--samples", type=int, help="training samples to load (default: the preset's)")
     ap.add_argument("--steps", type=int, help="timed steps of each kind (default: all batches; 4 with --quick)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps is None:
         args.steps = 4 if args.quick else 0
     cfg = get_preset("tiny" if args.quick else "cpu")["kd_rkl"].replace(loss="bdl")

@@ -60,7 +60,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny random pair, 24 examples")
     ap.add_argument("--samples", type=int, help="training samples to load (default: the preset's)")
     ap.add_argument("--k", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = get_preset("tiny" if args.quick else "cpu")["dakd"]
     if args.samples:
         cfg = cfg.replace(train_samples=args.samples)
