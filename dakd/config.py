@@ -161,6 +161,7 @@ class DistillConfig:
         self.eval_seeds = tuple(self.eval_seeds)
 
     def to_dict(self) -> dict:
+        """Every field by name (tuples stay tuples), as written to ``config.json``."""
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
@@ -185,6 +186,7 @@ class DistillConfig:
         return cls(**d)
 
     def replace(self, **kw) -> "DistillConfig":
+        """A copy with the given fields changed, validated again (ValueError as the constructor)."""
         return dataclasses.replace(self, **kw)
 
 

@@ -269,6 +269,7 @@ class FilterReport:
         return self.empty_response + self.prompt_too_long + self.response_truncated_away
 
     def to_dict(self) -> dict:
+        """Every count by name plus ``dropped`` (their sum), as written to a run's ``filter``."""
         return {**asdict(self), "dropped": self.dropped}
 
     def __str__(self) -> str:

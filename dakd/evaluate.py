@@ -26,7 +26,10 @@ _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_l(prediction: str, references: list[str] | str) -> float:
-    """ROUGE-L F1 x 100 of ``prediction`` against the best of ``references`` (rouge_score, stemmed)."""
+    """ROUGE-L F1 x 100 of ``prediction`` against the best of ``references`` (rouge_score, stemmed).
+
+    Returns a float in [0, 100]. Raises ValueError for an empty list of references.
+    """
     refs = [references] if isinstance(references, str) else references
     if not refs:
         raise ValueError("at least one reference is needed")
@@ -120,6 +123,8 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
 
     Raises:
         ValueError: unknown dataset; and as `tasks.load_eval_records`.
+        RuntimeError: the processes gathered another number of scores than prompts (a broken
+            data-parallel split; never silently averaged).
     """
     spec = T.eval_spec(dataset)
     records = T.load_eval_records(dataset, limit)

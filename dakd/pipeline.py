@@ -51,6 +51,9 @@ def method_label(cfg: DistillConfig) -> str:
     paper's settings lists how, in Table 4/5 and sweep terms: "DA-KD (w/o DDS)", "(w/o SDU)",
     "(w/o DiffUp)", "(KL)" ... "(SRKL)", "(lambda=0.7)", "(tau=0.3)", "(linear schedule)",
     joined by ", " when several differ.
+
+    Raises:
+        ValueError: a method without a row name.
     """
     if cfg.method == "sft" and cfg.student == cfg.teacher:
         return "Teacher"

@@ -52,9 +52,14 @@ def subset_size(ratio: float, n: int) -> int:
 
     At least 1 when n >= 1 and ratio > 0: the last cosine epochs (r = 0.024) must not vanish on a
     small data set. Returns 0 for n == 0.
+
+    Raises:
+        ValueError: n < 0, or a ratio outside [0, 1] (nan included).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must lie in [0, 1], got {ratio}")
     k = _round_half_up(ratio * n)
     if n >= 1 and ratio > 0:
         k = max(k, 1)
@@ -154,6 +159,9 @@ def dds_quantiles(scores: torch.Tensor,
     """DDS summary for logging: {"q0.5": median, ..., "mean": mean} (linear interpolation).
 
     scores: [N] float, non-empty; computed in float64 on CPU.
+
+    Raises:
+        ValueError: empty ``scores``.
     """
     s = scores.detach().double().cpu().flatten()
     if s.numel() == 0:

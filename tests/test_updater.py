@@ -190,3 +190,10 @@ def test_dds_quantiles_keys_and_values():
     assert list(out) == ["q0.0", "q0.1", "q0.25", "q0.5", "q0.75", "q0.9", "q1.0", "mean"]
     assert out["q0.0"] == 0.0 and out["q0.5"] == 5.0 and out["q1.0"] == 10.0
     assert out["q0.1"] == pytest.approx(1.0) and out["mean"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("ratio", [-0.5, 1.5, float("nan")])
+def test_subset_size_refuses_a_ratio_outside_the_unit_interval(ratio):
+    # regression: subset_size(-0.5, 10) returned -5 samples
+    with pytest.raises(ValueError, match="ratio must lie in"):
+        subset_size(ratio, 10)
