@@ -146,3 +146,18 @@ def test_teacher_ce_cached_reads_back_what_it_wrote(tiny_student, smol_tok, doll
     _, hit = teacher_ce_cached(tiny_student, ex[:3], smol_tok.pad_token_id, tmp_path, "tiny")
     assert not hit
     assert len(list(tmp_path.glob("teacher_ce_*.pt"))) == 3
+
+
+def test_response_ce_reads_response_rows_only_and_matches_float64():
+    # only the response rows are computed: a nan in a prompt or padding position changes nothing,
+    # and the value equals an independent float64 log-softmax
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 6, 50, generator=g) * 4
+    ids = torch.randint(0, 50, (2, 6), generator=g)
+    resp = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    lp = torch.log_softmax(logits.double(), -1)
+    want = torch.stack([torch.stack([-lp[b, t - 1, ids[b, t]] for t in range(1, 6) if resp[b, t]]).mean()
+                        for b in range(2)]).float()
+    noisy = logits.clone()
+    noisy[0, 0], noisy[0, 4:], noisy[1, 5] = float("nan"), float("nan"), float("nan")  # not read
+    torch.testing.assert_close(response_ce(noisy, ids, resp), want, rtol=1e-6, atol=1e-6)
