@@ -23,8 +23,9 @@ def cell(v) -> str:
 
 
 def markdown(table: dict, drop=("run",)) -> str:
-    rows = table["rows"]
-    cols = [c for c in rows[0] if c not in drop] if rows else []
+    """A saved table as a Markdown table (run-name columns dropped), with its paper and note lines."""
+    rows = table.get("rows", table.get("points", []))
+    cols = [c for c in rows[0] if c not in drop and not c.endswith(" run")] if rows else []
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     if table.get("paper"):
