@@ -31,7 +31,7 @@ def paper_tables() -> dict:
 
 
 # our evaluation set -> its column in the paper's Table 1, in the paper's column order
-TABLE1_COLUMNS = {"dolly": "Dolly", "self_instruct": "SelfInst", "sinst": "S-NI", "uinst": "UnNI",
+TABLE1_COLUMNS = {"dolly": "Dolly", "self_instruct": "SelfInst", "sinst": "S-NI", "uinst": "UnNI", "uinst_full": "UnNI",
                   "vicuna": "Vicuna"}
 
 

@@ -59,6 +59,10 @@ EVAL_SETS = {
     "uinst": EvalSpec("rougeL", "UnNI", reference_filter=_MINILLM_11,
                       subset_note="prefix: first 1,270 of ~5,400 records of MiniLLM uinst/11_ "
                                   "(valid.jsonl, file order; not a random sample)"),
+    # online only: the full UnNI core set from the hub, filtered as MiniLLM did (`load_hub_unni`)
+    "uinst_full": EvalSpec("rougeL", "UnNI", reference_filter=(
+        "applied here: references of >= 11 GPT-2 tokens, the first 10,000 such instances in hub order "
+        "(MiniLLM's protocol; its own 10,000-record sample is not published on the hub)")),
     "samsum": EvalSpec("rougeL", "SAMSum", max_new_tokens=128),
     "gsm8k": EvalSpec("accuracy", "GSM8K", max_new_tokens=256, greedy=True),
 }
@@ -157,6 +161,50 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
     return records
 
 
+UNNI_HUB = "mrm8488/unnatural-instructions-core"  # 66,010 instructions with their instances
+
+
+def load_hub_unni(limit: int | None = None, min_reference_tokens: int = 11, max_records: int = 10_000,
+                  reference_tokenizer: str = "gpt2") -> list[dict]:
+    """The full UnNI evaluation set for online users: Unnatural Instructions' core data from the hub
+    (`UNNI_HUB`, `datasets.load_dataset`), one record per instance, with MiniLLM's filter.
+
+    Each instance becomes ``{"instruction": the row's instruction, "input": instance input, "output":
+    instance output, "line": 1-based instance count, "file": "hub:<name>"}``; instances whose output
+    has fewer than ``min_reference_tokens`` tokens of ``reference_tokenizer`` (GPT-2, as MiniLLM) are
+    skipped (the protocol's filter, documented in ``EVAL_SETS["uinst_full"]``); at most
+    ``max_records`` (10,000, as the paper) and at most ``limit`` are kept, in hub order.
+
+    Raises:
+        RuntimeError: the hub cannot be reached (offline: use "uinst", the local prefix subset).
+        ValueError: limit < 1.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    try:
+        from datasets import load_dataset
+        from transformers import AutoTokenizer
+
+        rows = load_dataset(UNNI_HUB, split="train")
+        tok = AutoTokenizer.from_pretrained(reference_tokenizer)
+    except Exception as e:  # offline, or the hub refused: say what to use instead
+        raise RuntimeError(f"cannot load {UNNI_HUB} or the {reference_tokenizer} tokenizer from the hub "
+                           f"({type(e).__name__}: {e}); offline, evaluate on 'uinst' (the local prefix "
+                           f"subset)") from e
+    cap = min(max_records, limit or max_records)
+    out, n = [], 0
+    for row in rows:
+        for inst in row["instances"]:
+            n += 1
+            if len(tok(inst["output"])["input_ids"]) < min_reference_tokens:
+                continue
+            out.append({"instruction": row["instruction"], "input": inst["input"], "output": inst["output"],
+                        "line": n, "file": f"hub:{UNNI_HUB}"})
+            if len(out) == cap:
+                return out
+    return out
+
+
 def load_eval_records(dataset: str, limit: int | None = None) -> list[dict]:
     """The test records of any evaluation set, first ``limit`` of them (None: all).
 
@@ -165,8 +213,11 @@ def load_eval_records(dataset: str, limit: int | None = None) -> list[dict]:
 
     Raises:
         ValueError: unknown dataset; and as `data.load_split` / `load_task`.
+        RuntimeError: "uinst_full" without the hub (`load_hub_unni`).
     """
     eval_spec(dataset)
+    if dataset == "uinst_full":
+        return load_hub_unni(limit)
     if dataset in TASK_FILES:
         return load_task(dataset, "test", limit)
     return D.load_split(dataset, "test", limit=limit, allow_list_output=True)

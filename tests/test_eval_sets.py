@@ -221,3 +221,44 @@ def test_table1_puts_paper_values_and_differences_beside_ours():
     only_dolly = R.table1({"sft": _run("SFT", dolly=22.0)})
     assert list(only_dolly.columns) == ["method", "Dolly", "Dolly paper", "Dolly diff", "Avg", "Avg paper", "Avg diff"]
     assert only_dolly.loc["sft", "Avg paper"] == 25.85
+
+
+def test_full_unni_from_the_hub_is_flattened_and_filtered_as_minillm(monkeypatch):
+    # online users load the whole UnNI core set by name; offline the hub is stood in for
+    import datasets
+    import transformers
+
+    rows = [{"instruction": "Sort the words.", "instances": [
+                {"input": "b a", "output": "a b", "constraints": "", "instruction_with_input": ""},
+                {"input": "d c e", "output": " ".join(["w"] * 12), "constraints": "", "instruction_with_input": ""}]},
+            {"instruction": "Count.", "instances": [
+                {"input": "x", "output": " ".join(["z"] * 11), "constraints": "", "instruction_with_input": ""}]}]
+    seen = {}
+
+    def fake_load(name, split):
+        seen["name"], seen["split"] = name, split
+        return rows
+
+    class WordTok:  # one token per word
+        def __call__(self, text):
+            return {"input_ids": text.split()}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda name: WordTok())
+    recs = T.load_eval_records("uinst_full")
+    assert seen == {"name": "mrm8488/unnatural-instructions-core", "split": "train"}
+    # the 2-token reference is filtered (< 11 tokens); instances keep their row's instruction
+    assert [(r["instruction"], r["input"], r["line"]) for r in recs] == [("Sort the words.", "d c e", 2), ("Count.", "x", 3)]
+    assert T.references("uinst_full", recs[0]) == [" ".join(["w"] * 12)]
+    assert len(T.load_eval_records("uinst_full", limit=1)) == 1
+    assert T.EVAL_SETS["uinst_full"].subset_note is None and "10,000" in T.EVAL_SETS["uinst_full"].reference_filter
+
+
+def test_full_unni_offline_says_what_to_use_instead(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="offline, evaluate on 'uinst'"):
+        T.load_eval_records("uinst_full")
