@@ -137,6 +137,16 @@ summary = {"dakd_version": dakd.__version__, "config_hash": cfg.config_hash(),
            "distill_epochs": log["epochs"].__len__()}
 (out / "quickstart.json").write_text(json.dumps(summary, indent=1))
 print("wrote", out / "quickstart.json")"""),
+    md("""## The paper's numbers beside ours
+
+The paper's DA-KD row of Table 1 (DollyEval ROUGE-L, mean of 5 seeds, Llama2-7B teacher) beside this
+short run's: a 135M teacher and a few dozen samples here, so only the pipeline is comparable, not
+the number. `notebooks/02_results.ipynb` has every method and set."""),
+    code("""from dakd import results
+
+pd.DataFrame([{"run": "this tour (SmolLM2 pair, DA-KD)", "DollyEval ROUGE-L": result["eval"]["dolly"]["rougeL"]}]
+             + [{"run": f"paper: Llama2-7B -> {s} (DA-KD)", "DollyEval ROUGE-L": results.paper_table1(s)["DA-KD"]}
+                for s in ("Sheared-LLaMA-2.7B", "Sheared-LLaMA-1.3B")]).round(2)"""),
 ])
 
 distill = nb([
@@ -177,6 +187,20 @@ if res.get("cost"):
     display(results.epoch_table(runs))
 for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
     print("PROMPT:", ex["prompt"][-300:], "\\nREFERENCE:", str(ex["references"])[:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
+    md("""## The paper's numbers beside ours
+
+This run's score on each Table 1 set it was evaluated on, beside the paper's for the same row
+(Table 1, Llama2-7B -> Sheared-LLaMA-1.3B, mean of 5 seeds) and the difference; a row or set the
+paper does not have is left empty. Table 2's sets are compared in `04_task_specific.ipynb`."""),
+    code("""label = pipeline.method_label(cfg)
+rows = []
+for d, e in ev.items():
+    column = results.TABLE1_COLUMNS.get(d)
+    paper = results.paper_table1("Sheared-LLaMA-1.3B", column).get(label) if column else None
+    ours = e.get("score", e.get("rougeL"))
+    rows.append({"set": d, "row": label, "ours": ours, "paper 7B -> 1.3B": paper,
+                 "diff": None if paper is None else ours - paper})
+pd.DataFrame(rows).round(2)"""),
 ])
 
 results_nb = nb([
