@@ -217,9 +217,9 @@ def spied_training(monkeypatch):
 def test_nan_loss_stops_the_run_naming_step_and_samples_before_stepping(tmp_path, monkeypatch, spied_training):
     real = T.token_losses
 
-    def nan_at_step_2(cfg, student, teacher, batch, vocab):
+    def nan_at_step_2(cfg, student, teacher, batch, vocab, *rest):
         spied_training["batches"].append(batch["sample_id"].tolist())
-        per_tok, t = real(cfg, student, teacher, batch, vocab)
+        per_tok, t = real(cfg, student, teacher, batch, vocab, *rest)
         # micro-batches of 2 in global batches of 4: the 6th call is step 2's second micro-batch
         return (per_tok * float("nan"), t) if len(spied_training["batches"]) == 6 else (per_tok, t)
     monkeypatch.setattr(T, "token_losses", nan_at_step_2)
@@ -243,9 +243,9 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_optimizer_steps(t
     # loss, inf/nan gradient: half precision) was clipped into nan weights by opt.step()
     real = T.token_losses
 
-    def nan_gradient(cfg, student, teacher, batch, vocab):
+    def nan_gradient(cfg, student, teacher, batch, vocab, *rest):
         spied_training["batches"].append(batch["sample_id"].tolist())
-        per_tok, t = real(cfg, student, teacher, batch, vocab)
+        per_tok, t = real(cfg, student, teacher, batch, vocab, *rest)
         per_tok.register_hook(lambda g: g * float("nan"))
         return per_tok, t
     monkeypatch.setattr(T, "token_losses", nan_gradient)
