@@ -21,6 +21,10 @@ cd "$(dirname "$0")"
 mode=run preset=cpu gpus=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --preset|--gpus|--accelerate-config)
+      [ $# -ge 2 ] || { echo "run_all.sh: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     test) mode=test ;;
     --preset) preset="$2"; shift ;;
     --gpus) gpus="$2"; shift ;;
@@ -64,6 +68,8 @@ fi
 start=$(date +%s)
 root="runs/$preset"
 nbdir="$root/notebooks"
+known=$("$PY" -c "from dakd.presets import PRESETS; print(' '.join(PRESETS))")
+case " $known " in *" $preset "*) ;; *) echo "run_all.sh: unknown preset '$preset'; known: $known" >&2; exit 2 ;; esac
 mkdir -p "$nbdir" "$root/params"
 "$PY" -m dakd.cli preset-params "$preset" "$root/params" >/dev/null
 cpu_flag=False

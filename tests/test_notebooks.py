@@ -260,3 +260,14 @@ def test_a_distill_notebook_older_than_a_config_field_still_runs(tiny_root, tmp_
     ran = nbformat.read(tmp_path / "ran.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in ran.cells if c.cell_type == "code" for o in c.outputs)
     assert f"complete (config {get_preset('tiny')['sft'].config_hash()}), reused" in printed
+
+
+def test_run_all_refuses_a_missing_option_value_and_an_unknown_preset():
+    # regression: `--preset` alone died on "$2: unbound variable", and an unknown preset printed a
+    # traceback after creating runs/<name>/params
+    p = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--preset needs a value" in p.stderr
+    p = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "no-such-preset"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "unknown preset 'no-such-preset'; known: cpu tiny" in p.stderr
+    assert not (REPO / "runs" / "no-such-preset").exists()
