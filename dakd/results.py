@@ -354,6 +354,22 @@ TABLE4_ROWS = {"dds": ("DiffUp (full DA-KD)", "DiffUp (full DA-KD)"),
                "full": ("w/o DiffUp", "w/o DiffUp (full data every epoch)")}
 
 
+def _ablation_rows(runs: dict[str, dict], field: str, keys: list[tuple], table: str, datasets,
+                   index: str) -> list[dict]:
+    """Rows of an ablation table (Tables 4 and 5): ``keys`` = [(value of ``field``, row label, the
+    paper's row)], each row with ours, the paper's and the difference per set, and the iterations."""
+    found = _rows(runs, _dakd_variant(field), [k for k, _, _ in keys], table)
+    sets = _common_sets(found, datasets)
+    rows = []
+    for key, label, paper_row in keys:
+        name, r = found[key] or (None, None)
+        row = {index: label, "run": name}
+        _set_columns(row, r, sets, paper_row)
+        row["iterations"] = _iterations(r)
+        rows.append(row)
+    return rows
+
+
 def table4(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
     """Table 4 layout (DiffUp ablation, BDL throughout): rows DiffUp (DDS + SDU), w/o DDS (random
     subset of the same size), w/o SDU (all from the high-DDS part), w/o DiffUp (full data every
@@ -366,15 +382,8 @@ def table4(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
             or two runs of one row.
     """
     paper = {r["variant"]: r for r in paper_tables()["table4_diffup_ablation_llama2_7b_to_1p3b"]}
-    found = _rows(runs, _dakd_variant("selection"), list(TABLE4_ROWS), "table4")
-    sets = _common_sets(found, datasets)
-    rows = []
-    for sel, (label, variant) in TABLE4_ROWS.items():
-        name, r = found[sel] or (None, None)
-        row = {"variant": label, "run": name}
-        _set_columns(row, r, sets, paper[variant])
-        row["iterations"] = _iterations(r)
-        rows.append(row)
+    rows = _ablation_rows(runs, "selection", [(sel, label, paper[variant]) for sel, (label, variant)
+                                              in TABLE4_ROWS.items()], "table4", datasets, "variant")
     return _frame(rows, "variant", f"Table 4, {PAPER_PAIR_ABLATIONS}")
 
 
@@ -390,15 +399,8 @@ def table5(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
             runs of one loss.
     """
     paper = {r["loss"]: r for r in paper_tables()["table5_loss_ablation_with_diffup_llama2_7b_to_1p3b"]}
-    found = _rows(runs, _dakd_variant("loss"), list(TABLE5_ROWS), "table5")
-    sets = _common_sets(found, datasets)
-    rows = []
-    for loss in TABLE5_ROWS:
-        name, r = found[loss] or (None, None)
-        row = {"loss": loss, "run": name}
-        _set_columns(row, r, sets, paper[loss])
-        row["iterations"] = _iterations(r)
-        rows.append(row)
+    rows = _ablation_rows(runs, "loss", [(loss, loss, paper[loss]) for loss in TABLE5_ROWS], "table5",
+                          datasets, "loss")
     return _frame(rows, "loss", f"Table 5, {PAPER_PAIR_ABLATIONS}")
 
 
