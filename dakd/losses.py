@@ -15,7 +15,6 @@ than autograd over the same formulas and than TRL's generalized JSD, at a fracti
 """
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ preset) those outputs come from runs of the current code's configs."""
 
 import ast
 import importlib.util
-import json
 from pathlib import Path
 
 import nbformat

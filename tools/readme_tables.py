@@ -5,7 +5,6 @@ Markdown, for the README's results section.
 """
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
