@@ -1,30 +1,57 @@
-"""Whole-run cost (issue 4, target 5): DA-KD against full-data KD with the same loss and epochs, read
-from two finished run folders (nothing is trained here).
+"""Whole-run cost (issue 4, target 5): DA-KD against full-data KD with the same loss and epochs,
+trained back to back in this one process on the same data, then evaluated alike.
 
-    .venv/bin/python benchmarks/whole_run.py                                   # runs/cpu/dakd vs runs/cpu/dakd_full
+    .venv/bin/python benchmarks/whole_run.py --threads 2     # CPU preset's DA-KD config, ~35 min idle
+    .venv/bin/python benchmarks/whole_run.py --quick         # tiny random pair, about a minute
     .venv/bin/python benchmarks/whole_run.py --dakd runs/cpu-full/dakd --full runs/cpu-full/dakd_full
-    .venv/bin/python benchmarks/whole_run.py --quick                           # the same; reading is instant
+                                                             # read two finished runs, train nothing
 
-Each folder is a `dakd.pipeline.run` output: ``results.json`` (ROUGE-L per evaluation set, the cost
-record) or, for a run trained but not evaluated, ``train_log.json`` (cost only). The full-data run
-is DA-KD's config with every sample every epoch: ``method="kd", loss="bdl"`` (or ``method="dakd",
-selection="full"``); the script lists every config field in which the two runs differ besides those,
-so a comparison of unlike runs shows. Wall-clock = ``cost.total_seconds`` (training + DDS scoring,
-the paper's Table 3 split); iterations = optimiser steps. A missing file or field is named.
+Variants (each a `dakd.pipeline.run` of the CPU preset's ``dakd`` config, ``save_checkpoints`` off,
+into ``runs/bench/whole_run[_quick]/<variant>``, trained in this order):
+  full       ``selection="full"``: BDL on every sample every epoch (Table 4's "w/o DiffUp" row, the
+             paper's full-data KD with DA-KD's loss).
+  dakd       the paper's DA-KD (DDS, cosine selection ratio, tau 0.1); CE_teacher once per run.
+  dakd_topk  the same with ``teacher_cache_k=256``: the package's fast path. Its cache is built
+             inside the timed run (a fresh ``DAKD_CACHE_DIR`` whose ``models`` links to the real one),
+             so the teacher pass that writes it is counted.
+``--variants`` picks a subset (add ``full_topk`` to see what the cache buys full-data KD alike).
 
-Last line: iterations ratio, wall-clock ratio and ROUGE-L of each (issue 4 target: wall-clock ratio
-at most 0.5 with ROUGE-L not lower).
+Times per variant: ``wall`` = the training call's wall-clock (`pipeline.run`'s ``seconds.train``:
+model loading, top-k cache build, DDS scoring and every step; evaluation excluded), and the paper's
+Table 3 split (``cost``: DDS seconds + train seconds). Quality: ROUGE-L on every evaluation set of the
+preset (the same prompts and seed for all variants) and the paired difference against ``full`` over
+all scored prompts, with a 95 % bootstrap interval (2,000 resamples of prompts, seed 0): "not
+lower" means the interval's upper end is >= 0 (a difference the prompts cannot tell from none).
+
+Bound: with the paper's schedule (epoch 0 on all of D, then r(e) = 0.5 cos(pi e / E) +
+0.5) the iterations of DA-KD are sum_e ceil(round(r(e) N) / B) of E ceil(N / B), about 0.5 + 0.5 / E
+of full-data KD, and with the exact teacher each iteration costs the same in both, so the wall-clock
+ratio cannot fall below that fraction (0.67 at E = 3, 0.55 at E = 10) plus the DDS share. The printed iterations ratio is that fraction for the kept samples.
+
+Last line: wall-clock ratio to ``full`` of each variant, its iterations ratio and ROUGE-L verdict
+(issue 4 target: wall-clock ratio at most 0.5 with ROUGE-L not lower).
 """
 
 import argparse
 import json
+import os
+import random
+import sys
+import tempfile
+import time
 from pathlib import Path
 
-EXPECTED_DIFF = {"method", "selection", "output_dir", "save_checkpoints", "loss"}
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+EXPECTED_DIFF = {"method", "selection", "output_dir", "save_checkpoints", "loss", "teacher_cache_k"}
+VARIANTS = ("full", "dakd", "dakd_topk", "full_topk")
+TOPK = 256
 
 
 def read_run(folder: Path) -> tuple[dict | None, str]:
-    """(record with config, cost and ROUGE-L per set, or None; a note on what was found)."""
+    """(record with config, cost, wall, ROUGE-L and per-prompt scores per set, or None; a note)."""
     res, log = folder / "results.json", folder / "train_log.json"
     for path in (res, log):
         if path.exists():
@@ -32,54 +59,155 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
                 d = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 return None, f"{path}: unreadable ({type(e).__name__})"
-            rouge = {ds: ev.get("rougeL") for ds, ev in d.get("eval", {}).items()}
-            note = f"{path}" + ("" if rouge else " (no evaluation: ROUGE-L absent)")
             if "cost" not in d:
                 return None, f"{path}: no cost record"
-            return {"config": d.get("config", {}), "cost": d["cost"], "rouge": rouge,
-                    "label": d.get("label", folder.name)}, note
+            evals = d.get("eval", {})
+            rouge = {ds: ev.get("rougeL") for ds, ev in evals.items()}
+            per_prompt = {ds: next(iter(ev.get("per_prompt", {}).values()), None) for ds, ev in evals.items()}
+            note = f"{path}" + ("" if rouge else " (no evaluation: ROUGE-L absent)")
+            wall = d.get("seconds", {}).get("train")
+            tc = d.get("teacher_cache")
+            if tc is None and log.exists() and path != log:
+                try:  # the top-k cache record is in the train log, not in results.json
+                    tc = json.loads(log.read_text()).get("teacher_cache")
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                    tc = None
+            return {"config": d.get("config", {}), "cost": d["cost"], "rouge": rouge, "per_prompt": per_prompt,
+                    "wall": wall if wall is not None else d["cost"].get("total_seconds"),
+                    "teacher_cache": tc, "label": d.get("label", folder.name)}, note
     return None, f"{folder}: absent (neither results.json nor train_log.json)"
+
+
+def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int] | None:
+    """Mean per-prompt ROUGE-L difference a - b over every set both scored, pooled, with a 95 %
+    percentile bootstrap interval over prompts: (mean, low, high, number of prompts), or None."""
+    diffs = []
+    for ds, pa in a["per_prompt"].items():
+        pb = b["per_prompt"].get(ds)
+        if pa is not None and pb is not None and len(pa) == len(pb):
+            diffs += [x - y for x, y in zip(pa, pb)]
+    if not diffs:
+        return None
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], n
+
+
+def train_variants(args) -> dict[str, Path]:
+    """Run the chosen variants back to back; returns their output folders."""
+    import torch
+
+    from dakd import pipeline
+    from dakd.models import cache_dir
+    from dakd.presets import get_preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = "tiny" if args.quick else "cpu"
+    root = Path(args.out or f"runs/bench/whole_run{'_quick' if args.quick else ''}")
+    base = get_preset(preset)["dakd"].replace(save_checkpoints=False)
+    real_cache = cache_dir()
+    # a fresh cache folder for the top-k files, so that their build is inside the timed run; the
+    # models folder is the real one (linked), so nothing is rebuilt or downloaded
+    fresh = Path(tempfile.mkdtemp(prefix="whole_run_cache_"))
+    (fresh / "models").symlink_to(real_cache / "models", target_is_directory=True)
+    cfgs = {"full": base.replace(selection="full"), "dakd": base,
+            "dakd_topk": base.replace(teacher_cache_k=TOPK),
+            "full_topk": base.replace(selection="full", teacher_cache_k=TOPK)}
+    print(f"preset {preset!r} dakd config {base.config_hash()}: {base.train_samples} samples, {base.epochs} "
+          f"epochs, batch {base.batch_size}, loss {base.loss}; torch threads {torch.get_num_threads()}")
+    folders = {}
+    for name in args.variants:
+        cfg = cfgs[name].replace(output_dir=str(root / name))
+        if name.endswith("_topk"):
+            os.environ["DAKD_CACHE_DIR"] = str(fresh)
+            for f in (fresh / "topk").glob("*.pt") if (fresh / "topk").exists() else ():
+                f.unlink()  # each cached variant builds its own file: its cost is counted
+        else:
+            os.environ.pop("DAKD_CACHE_DIR", None)
+        t0 = time.perf_counter()
+        pipeline.run(cfg, force=True)
+        print(f"[whole_run] {name}: trained and evaluated in {time.perf_counter() - t0:.0f} s")
+        folders[name] = Path(cfg.output_dir)
+    os.environ.pop("DAKD_CACHE_DIR", None)
+    return folders
+
+
+def report(folders: dict[str, Path]) -> None:
+    runs = {}
+    for key, folder in folders.items():
+        runs[key], note = read_run(folder)
+        print(f"{key}: {note}")
+    ref_key = "full"
+    if runs.get(ref_key) is None or all(runs[k] is None for k in runs if k != ref_key):
+        missing = [k for k in runs if runs[k] is None]
+        print(f"whole-run ratios: not computed, {' and '.join(missing)} run absent (train them with this "
+              f"script without --dakd/--full, or pass two finished run folders)")
+        return
+    ref = runs[ref_key]
+    for key, r in runs.items():
+        if r is None or key == ref_key:
+            continue
+        diff = sorted(k for k in set(r["config"]) | set(ref["config"])
+                      if k not in EXPECTED_DIFF and r["config"].get(k) != ref["config"].get(k))
+        if diff:
+            print(f"{key}: configs also differ in: " + ", ".join(
+                f"{k} ({r['config'].get(k)!r} vs {ref['config'].get(k)!r})" for k in diff))
+        for k in ("loss", "epochs"):
+            if r["config"].get(k) != ref["config"].get(k):
+                print(f"WARNING {key}: not the same {k}: {r['config'].get(k)!r} vs {ref['config'].get(k)!r}")
+    sets = list(ref["rouge"])
+    print("\n| run | label | iterations | DDS s | train s | top-k build s | wall s | "
+          + " | ".join(sets) + " | avg |\n|---|---|---|---|---|---|---|" + "---|" * (len(sets) + 1))
+    for key, r in runs.items():
+        if r is None:
+            continue
+        c, tc = r["cost"], r["teacher_cache"] or {}
+        build = "" if not tc else f"{tc.get('seconds', 0):.0f}" + (" (reused)" if tc.get("from_cache") else "")
+        vals = [r["rouge"].get(ds) for ds in sets]
+        avg = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
+        print(f"| {key} | {r['label']} | {c.get('iterations')} | {c.get('dds_seconds', 0):.1f} | "
+              f"{c.get('train_seconds', 0):.1f} | {build} | {r['wall']:.0f} | "
+              + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + f" | {avg:.2f} |")
+    parts = []
+    for key, r in runs.items():
+        if r is None or key == ref_key:
+            continue
+        it = r["cost"]["iterations"] / max(ref["cost"]["iterations"], 1)
+        wall = r["wall"] / max(ref["wall"], 1e-9)
+        share = r["cost"].get("dds_seconds", 0) / max(r["cost"].get("total_seconds", 0), 1e-9)
+        pd = paired_difference(r, ref)
+        if pd is None:
+            verdict = "ROUGE-L not compared (no per-prompt scores)"
+        else:
+            m, lo, hi, n = pd
+            verdict = (f"ROUGE-L {m:+.2f} [{lo:+.2f}, {hi:+.2f}] over {n} prompts "
+                       f"({'not lower' if hi >= 0 else 'LOWER'})")
+        print(f"{key}: DDS share (of DDS + train s) {100 * share:.1f} %; iterations {it:.2f}x; wall {wall:.2f}x; {verdict}")
+        parts.append(f"{key} wall {wall:.2f}x (iterations {it:.2f}x), {verdict}")
+    print(f"vs full-data KD (target wall <= 0.5x, ROUGE-L not lower): " + "; ".join(parts))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dakd", default="runs/cpu/dakd", help="the DA-KD run folder")
-    ap.add_argument("--full", default="runs/cpu/dakd_full", help="the full-data run folder, same loss and epochs")
-    ap.add_argument("--quick", action="store_true", help="no effect: this script only reads two files")
+    ap.add_argument("--quick", action="store_true", help="tiny random pair (the tiny preset's dakd config)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--variants", nargs="+", default=["full", "dakd", "dakd_topk"], choices=VARIANTS,
+                    help="which variants to train; 'full' is the reference and is always included")
+    ap.add_argument("--out", default=None, help="output root (default runs/bench/whole_run[_quick])")
+    ap.add_argument("--dakd", default=None, help="read this finished DA-KD run folder (with --full)")
+    ap.add_argument("--full", default=None, help="read this finished full-data run folder (with --dakd)")
     args = ap.parse_args()
-    runs = {}
-    for key, folder in (("dakd", args.dakd), ("full", args.full)):
-        runs[key], note = read_run(Path(folder))
-        print(f"{key}: {note}")
-    a, b = runs["dakd"], runs["full"]
-    if a is None or b is None:
-        missing = [k for k in runs if runs[k] is None]
-        print(f"whole-run ratios: not computed, {' and '.join(missing)} run absent "
-              f"(./run_all.sh --preset cpu-full writes both as runs/cpu-full/dakd and runs/cpu-full/dakd_full: "
-              f"pass --dakd and --full; or dakd.pipeline.run on the CPU preset's dakd config with "
-              f"selection='full')")
+    if (args.dakd is None) != (args.full is None):
+        ap.error("--dakd and --full go together (two finished run folders to read)")
+    if args.dakd is not None:
+        report({"full": Path(args.full), "dakd": Path(args.dakd)})
         return
-    diff = sorted(k for k in set(a["config"]) | set(b["config"])
-                  if k not in EXPECTED_DIFF and a["config"].get(k) != b["config"].get(k))
-    if diff:
-        print("configs also differ in: " + ", ".join(f"{k} ({a['config'].get(k)!r} vs {b['config'].get(k)!r})"
-                                                     for k in diff))
-    for key in ("loss", "epochs"):
-        if a["config"].get(key) != b["config"].get(key):
-            print(f"WARNING: not the same {key}: {a['config'].get(key)!r} vs {b['config'].get(key)!r}")
-    print("\n| run | label | iterations | DDS s | train s | total s | ROUGE-L |\n|---|---|---|---|---|---|---|")
-    for key, r in runs.items():
-        c = r["cost"]
-        rouge = ", ".join(f"{ds} {v:.2f}" for ds, v in r["rouge"].items() if v is not None) or "absent"
-        print(f"| {key} | {r['label']} | {c.get('iterations')} | {c.get('dds_seconds', 0):.0f} | "
-              f"{c.get('train_seconds', 0):.0f} | {c.get('total_seconds', float('nan')):.0f} | {rouge} |")
-    it = a["cost"]["iterations"] / max(b["cost"]["iterations"], 1)
-    wall = a["cost"]["total_seconds"] / max(b["cost"]["total_seconds"], 1e-9)
-    ra, rb = a["rouge"].get("dolly"), b["rouge"].get("dolly")
-    rouge = (f"ROUGE-L dolly {ra:.2f} vs {rb:.2f} ({'not lower' if ra >= rb else 'LOWER'})"
-             if ra is not None and rb is not None else
-             f"ROUGE-L dolly: {'absent' if ra is None else f'{ra:.2f}'} vs {'absent' if rb is None else f'{rb:.2f}'}")
-    print(f"DA-KD / full-data: iterations {it:.2f}x, wall-clock (train + DDS) {wall:.2f}x (target <= 0.5); {rouge}")
+    if "full" not in args.variants:
+        args.variants = ["full"] + list(args.variants)
+    sys.stdout.reconfigure(line_buffering=True)
+    report(train_variants(args))
 
 
 if __name__ == "__main__":
