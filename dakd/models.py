@@ -214,12 +214,28 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float3
                                                 trust_remote_code=trust_remote_code)
 
 
+def head_rows(name_or_path: str | Path, trust_remote_code: bool = False) -> int | None:
+    """Rows of a model's LM head (its vocabulary size) read from its config, without loading the
+    weights: ``vocab_size`` of ``AutoConfig`` (of its text config for multimodal configs).
+
+    Args:
+        name_or_path: alias, local folder or hub name, as `load_model` takes.
+
+    Returns:
+        The row count, or None when the config does not state one (then load the model).
+    """
+    conf = AutoConfig.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    rows = getattr(conf.get_text_config(), "vocab_size", None)
+    return int(rows) if isinstance(rows, int) else None
+
+
 def check_pair(teacher_tok, student_tok, teacher_model=None, student_model=None) -> int:
     """Check that teacher and student share a tokenizer and return the shared vocabulary size V.
 
     Heads may carry extra padding rows (Qwen2.5-7B has 152,064 rows, its small siblings 151,936);
     the losses compare logits ``[..., :V]`` where V = the smaller head, which must still cover
-    every token the tokenizers can produce.
+    every token the tokenizers can produce. ``teacher_model`` and ``student_model`` are models, or
+    their heads' row counts as ints (`head_rows`: a model that is not loaded), or None (not checked).
 
     Raises:
         ValueError: the vocabularies differ (a real tokenizer mismatch) or a head is smaller than
@@ -233,7 +249,8 @@ def check_pair(teacher_tok, student_tok, teacher_model=None, student_model=None)
                          f"teacher-only e.g. {only_t}, student-only e.g. {only_s}): "
                          "distillation over next-token distributions needs one shared tokenizer")
     n_tok = len(teacher_tok)
-    rows = [m.get_output_embeddings().weight.shape[0] for m in (teacher_model, student_model) if m is not None]
+    rows = [m if isinstance(m, int) else m.get_output_embeddings().weight.shape[0]
+            for m in (teacher_model, student_model) if m is not None]
     v = min(rows) if rows else n_tok
     if v < n_tok:
         raise ValueError(f"a model head has {v} rows but the tokenizer has {n_tok} tokens")

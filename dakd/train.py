@@ -45,7 +45,7 @@ from . import tasks as TK
 from .config import DistillConfig, run_metadata
 from .difficulty import difficulty_scores, response_ce, save_tensor, score_dataset, teacher_ce_cached
 from .losses import canonical_loss_name, get_per_token_loss
-from .models import cache_dir, check_pair, load_model, load_tokenizer, resolve_model
+from .models import cache_dir, check_pair, head_rows, load_model, load_tokenizer, resolve_model
 from .updater import dds_quantiles, selection_ratio, stratified_update_with_info, subset_size
 
 
@@ -269,6 +269,14 @@ def _load_checkpoint_student(ckpt: Path, cfg: DistillConfig):
     return model
 
 
+def _all_processes(accelerator, flag: bool) -> bool:
+    """True when ``flag`` is True on every process (a collective: every process must call it). Each
+    process passes what it saw before any of them acts on the answer, so all decide alike."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([flag], device=accelerator.device)).all())
+
+
 def _data_hash(examples: list[dict]) -> str:
     """Short sha256 of the tokenized training set: a resume must see the same samples."""
     h = hashlib.sha256()
@@ -359,21 +367,41 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                else load_model(cfg.student, cfg.dtype, cfg.trust_remote_code))
     student.config.use_cache = False
     teacher, vocab = None, student.get_output_embeddings().weight.shape[0]
-    if cfg.method not in ("sft", "seqkd"):
-        teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
-        vocab = check_pair(load_tokenizer(cfg.teacher, cfg.trust_remote_code), tok, teacher, student)
     topk, topk_record = None, None
-    if cfg.teacher_cache_k:
-        from .teacher_cache import load_or_build_topk_cache
+    if cfg.method not in ("sft", "seqkd"):
+        teacher_tok = load_tokenizer(cfg.teacher, cfg.trust_remote_code)
+        topk_hit = False
+        if cfg.teacher_cache_k:
+            tk0 = time.perf_counter()
+            # a cache already built for these settings needs no teacher weights: V from the
+            # teacher's config (its head rows), the tokenizers still checked
+            rows = head_rows(cfg.teacher, cfg.trust_remote_code)
+            if rows is not None:
+                from .teacher_cache import TopKTeacherCache, topk_cache_path
 
-        tk0 = time.perf_counter()
-        teacher = teacher.to(accelerator.device)
-        topk, topk_hit = load_or_build_topk_cache(teacher, examples, tok.pad_token_id, cfg.teacher_cache_k,
-                                                  resolve_model(cfg.teacher), cfg.max_length, vocab,
-                                                  cfg.micro_batch_size, accelerator=accelerator)
-        topk_record = {"k": cfg.teacher_cache_k, "path": str(topk.path), "from_cache": topk_hit,
-                       "seconds": time.perf_counter() - tk0}
-        teacher = None  # every step reads the cache: the teacher's memory is given back
+                vocab = check_pair(teacher_tok, tok, rows, student)
+                path = topk_cache_path(resolve_model(cfg.teacher), examples, cfg.teacher_cache_k,
+                                       cfg.max_length, vocab)
+                topk_hit = _all_processes(accelerator, path.exists())
+        if topk_hit:
+            topk = TopKTeacherCache(path, teacher_name=resolve_model(cfg.teacher), examples=examples,
+                                    k=cfg.teacher_cache_k, max_length=cfg.max_length, vocab=vocab)
+        else:
+            teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
+            vocab = check_pair(teacher_tok, tok, teacher, student)
+            if cfg.teacher_cache_k:
+                from .teacher_cache import load_or_build_topk_cache
+
+                tk0 = time.perf_counter()  # the cache's time, as on a hit: the teacher's loading aside
+                teacher = teacher.to(accelerator.device)
+                topk, topk_hit = load_or_build_topk_cache(teacher, examples, tok.pad_token_id,
+                                                          cfg.teacher_cache_k, resolve_model(cfg.teacher),
+                                                          cfg.max_length, vocab, cfg.micro_batch_size,
+                                                          accelerator=accelerator)
+        if topk is not None:
+            topk_record = {"k": cfg.teacher_cache_k, "path": str(topk.path), "from_cache": topk_hit,
+                           "teacher_loaded": teacher is not None, "seconds": time.perf_counter() - tk0}
+            teacher = None  # every step reads the cache: the teacher's memory is given back
 
     plan = epoch_plan(cfg, n)
     world = accelerator.num_processes

@@ -1,6 +1,7 @@
 """The opt-in top-k teacher cache in the training loop (`DistillConfig.teacher_cache_k`, issue 4,
 target 3): at k = V it is the exact teacher, so training gives the exact run's weights; at a small k
-it trains, records the cache in the log, keeps DDS's teacher CE exact, and frees the teacher."""
+it trains, records the cache in the log, keeps DDS's teacher CE exact, frees the
+teacher, and on a cache hit (a file already built) trains without loading the teacher at all."""
 
 import json
 from pathlib import Path
@@ -86,6 +87,38 @@ def test_dakd_with_a_small_cache_trains_with_the_exact_teacher_ce(tmp_path, topk
     # a second run (another method of the same preset) reads the same file
     again = T.train(cached.replace(output_dir=str(tmp_path / "cached2"), loss="reverse_kl"))
     assert again["teacher_cache"]["from_cache"] and again["teacher_cache"]["path"] == log["teacher_cache"]["path"]
+    assert log["teacher_cache"]["teacher_loaded"] and not again["teacher_cache"]["teacher_loaded"]
+
+
+def test_the_teacher_head_rows_come_from_its_config_by_alias_or_folder():
+    # no weights loaded: the alias (built in the model cache) and its local folder give the same V
+    assert M.head_rows(M.TINY_TEACHER) == M.head_rows(M.resolve_model(M.TINY_TEACHER)) == V
+    tok = M.load_tokenizer(M.TINY_TEACHER)
+    assert M.check_pair(tok, tok, V, M.head_rows(M.TINY_STUDENT)) == V
+    with pytest.raises(ValueError, match="rows"):
+        M.check_pair(tok, tok, V - 1)
+
+
+def test_a_cache_hit_trains_without_loading_the_teacher(tmp_path, topk_folder, monkeypatch):
+    loaded = []
+    real = T.load_model
+
+    def spy(name, *a, **kw):
+        loaded.append(str(name))
+        return real(name, *a, **kw)
+    monkeypatch.setattr(T, "load_model", spy)
+    cfg = _cfg(tmp_path / "miss", "kd_rkl", teacher_cache_k=16)
+    miss = T.train(cfg)  # no file yet: the teacher is loaded, builds the cache, is freed
+    assert cfg.teacher in loaded and cfg.student in loaded
+    assert not miss["teacher_cache"]["from_cache"] and miss["teacher_cache"]["teacher_loaded"]
+    loaded.clear()
+    hit = T.train(cfg.replace(output_dir=str(tmp_path / "hit")))  # the same run on the built file
+    assert cfg.teacher not in loaded and cfg.student in loaded
+    assert hit["teacher_cache"]["from_cache"] and not hit["teacher_cache"]["teacher_loaded"]
+    assert hit["teacher_cache"]["path"] == miss["teacher_cache"]["path"]
+    # the teacher was only ever read through the cache: the same steps, losses and weights, exactly
+    assert [e["mean_loss"] for e in hit["epochs"]] == [e["mean_loss"] for e in miss["epochs"]]
+    assert_same_weights(weights(Path(cfg.output_dir) / "student"), weights(tmp_path / "hit" / "student"))
 
 
 def test_a_run_with_no_sample_left_after_filtering_names_the_limits(tmp_path):
