@@ -6,8 +6,9 @@
 
 Variants, each over the batches of DA-KD's epoch 0 (the seeded, length-grouped order `dakd.train`
 draws for these samples; batch_size = micro_batch_size, so no accumulation):
-  bare   written inline here: teacher forward (no_grad), student forward, `dakd.losses.bdl`,
-         backward, AdamW step, zero_grad. The floor: nothing a loop could leave out.
+  bare   written inline here: teacher forward (no_grad), student forward, both LM heads on the
+         response rows only (the logits the loss reads, as `dakd.models.response_logits` does),
+         `dakd.losses.bdl`, backward, AdamW step, zero_grad. The floor: nothing a loop could leave out.
   step   the calls the loop makes per step: `dakd.train.token_losses` (the very function), the
          token-count scaling, the finiteness check, backward, gradient-norm clipping and its
          check, AdamW and LR-scheduler steps, zero_grad.
@@ -80,12 +81,14 @@ def main():
     sched = get_cosine_schedule_with_warmup(opt_step, 0, len(batches) + 1)
 
     def bare(b):
-        ids, attn, mask = b["input_ids"], b["attention_mask"], b["response_mask"][:, 1:]
+        ids, attn = b["input_ids"], b["attention_mask"]
+        pos = torch.zeros_like(ids, dtype=torch.bool)
+        pos[:, :-1] = b["response_mask"][:, 1:]  # positions that predict a response token
         t0 = time.perf_counter()
         with torch.no_grad():
-            t = teacher(input_ids=ids, attention_mask=attn).logits
-        s = s_bare(input_ids=ids, attention_mask=attn).logits
-        loss = bdl(s[:, :-1, :vocab], t[:, :-1, :vocab], mask, lam=cfg.lam)
+            t = teacher.lm_head(teacher.model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[pos])
+        s = s_bare.lm_head(s_bare.model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[pos])
+        loss = bdl(s[None, :, :vocab], t[None, :, :vocab], None, lam=cfg.lam)
         loss.backward()
         opt_bare.step()
         opt_bare.zero_grad(set_to_none=True)

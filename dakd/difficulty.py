@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DistillCollator
+from .models import response_logits
 
 
 def response_ce(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -34,12 +35,41 @@ def response_ce(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: to
     Returns:
         ``[B]`` float32, nats per response token. A sample with no response token gets 0.
     """
-    logits, targets, mask = logits[:, :-1], input_ids[:, 1:], response_mask[:, 1:].bool()
     # only the response rows: prompt and padding positions cost nothing (measured 4x faster than
     # the CE of every position on [8, 320, 49152], and closer to float64: no float32 cast of them)
+    return response_ce_rows(logits[predicting_positions(response_mask)], input_ids, response_mask)
+
+
+def predicting_positions(response_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: True at position t when token t + 1 is a response token (``response_mask``
+    shifted left by one, last column False): the positions whose logits a response CE or a
+    distillation loss reads (`dakd.models.response_logits`)."""
+    pos = torch.zeros_like(response_mask, dtype=torch.bool)
+    pos[:, :-1] = response_mask[:, 1:].bool()
+    return pos
+
+
+def response_ce_rows(row_logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """`response_ce` from the response rows' logits only (`dakd.models.response_logits` of
+    `predicting_positions`), without a ``[B, T, V]`` tensor.
+
+    Args:
+        row_logits: ``[M, V]`` any float dtype, M = ``response_mask[:, 1:].sum()``, in the row-major
+            order of the predicting positions.
+        input_ids: ``[B, T]`` int64.
+        response_mask: ``[B, T]`` bool.
+
+    Returns:
+        ``[B]`` float32, nats per response token; 0 for a sample with no response token.
+
+    Raises:
+        ValueError: ``row_logits`` has another number of rows than the mask's response tokens.
+    """
+    mask = response_mask[:, 1:].bool()
     rows = mask.nonzero()
-    tok_ce = F.cross_entropy(logits[rows[:, 0], rows[:, 1]].float(), targets[rows[:, 0], rows[:, 1]],
-                             reduction="none")  # [M]
+    if row_logits.shape[0] != rows.shape[0]:
+        raise ValueError(f"{row_logits.shape[0]} logit rows for {rows.shape[0]} response tokens")
+    tok_ce = F.cross_entropy(row_logits.float(), input_ids[:, 1:][rows[:, 0], rows[:, 1]], reduction="none")  # [M]
     total = torch.zeros(mask.shape[0], dtype=tok_ce.dtype, device=tok_ce.device).index_add_(0, rows[:, 0], tok_ce)
     return total / mask.sum(1).clamp(min=1)
 
@@ -73,7 +103,8 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
     """Response CE of every example under ``model`` (no gradients), in example order.
 
     Batches are formed from length-sorted examples (less padding); results are put back in the
-    order of ``examples``. With an ``accelerator`` of several processes, each process scores a
+    order of ``examples``. Logits are computed for the response rows only where the model allows
+    it (`dakd.models.response_logits`). With an ``accelerator`` of several processes, each process scores a
     strided share and the shares are gathered, so every sample is scored exactly once.
 
     Returns:
@@ -90,9 +121,9 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
     out = torch.zeros(n)
     for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=rank != 0, leave=False):
         idx = mine[s:s + batch_size]
-        b = collate([examples[i] for i in idx])
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-        out[idx] = response_ce(logits, b["input_ids"].to(device), b["response_mask"].to(device)).cpu()
+        b = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+        rows = response_logits(model, b["input_ids"], b["attention_mask"], predicting_positions(b["response_mask"]))
+        out[idx] = response_ce_rows(rows, b["input_ids"], b["response_mask"]).cpu()
     model.train(was_training)
     if world > 1:
         # every process filled a disjoint set of positions; a sum reassembles the full vector

@@ -255,3 +255,54 @@ def check_pair(teacher_tok, student_tok, teacher_model=None, student_model=None)
     if v < n_tok:
         raise ValueError(f"a model head has {v} rows but the tokenizer has {n_tok} tokens")
     return v
+
+
+# Causal-LM classes whose forward is exactly ``lm_head(model(...).last_hidden_state)`` (no logit
+# scaling or soft-capping after the head): for them the head can be applied to chosen rows only.
+ROW_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _row_head(model):
+    """(decoder, head) when `response_logits` may apply the LM head to chosen rows, else None: an
+    unwrapped ``PreTrainedModel`` (a DDP/FSDP/DeepSpeed wrapper must run its own forward) of a type
+    in `ROW_HEAD_MODEL_TYPES`, with a ``base_model_prefix`` decoder and an output embedding."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel) or getattr(model.config, "model_type", None) not in ROW_HEAD_MODEL_TYPES:
+        return None
+    if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
+        return None
+    decoder, head = getattr(model, model.base_model_prefix, None), model.get_output_embeddings()
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+    """The model's next-token logits at the chosen positions only.
+
+    The LM head is a ``[hidden, V]`` matmul per position (V = 49,152 for SmolLM2, ~150k for Qwen):
+    for a small student it costs as much as its decoder layers, and a distillation loss or a
+    response CE reads only the response positions (about half of a batch's). For the model types of
+    `ROW_HEAD_MODEL_TYPES` (Llama, Mistral, Qwen2/3), unwrapped, the head is applied to those rows
+    only; any other model (or one wrapped by DDP/FSDP/DeepSpeed) runs its full forward and the rows
+    are gathered from its ``[B, T, V]`` logits. Both give the same values (to float rounding) and
+    gradients. No KV cache is built (``use_cache=False``): a teacher-forced pass never reads it.
+
+    Args:
+        input_ids: ``[B, T]`` int64.
+        attention_mask: ``[B, T]``.
+        positions: ``[B, T]`` bool; True where the logits are wanted (for a response CE or loss:
+            position t predicts token t + 1, so ``response_mask[:, 1:]`` padded with one False column).
+
+    Returns:
+        ``[M, V]`` logits in the model's dtype, M = ``positions.sum()``, rows in row-major order of
+        ``positions`` (the order of ``x[positions]``); differentiable when grad is enabled.
+    """
+    parts = _row_head(model)
+    if parts is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[positions]
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return head(hidden[positions])

@@ -336,7 +336,8 @@ def cached_per_token_loss(name: str, student_logits: torch.Tensor, rows: TopKRow
 
     Args:
         name: loss name or alias (`dakd.losses.get_per_token_loss`).
-        student_logits: ``[B, T-1, V]`` (already shifted: position t predicts token t + 1).
+        student_logits: ``[B, T-1, V]`` (already shifted: position t predicts token t + 1), or the
+            ``[M, V]`` rows of the masked positions alone (`dakd.models.response_logits`).
         rows: `TopKTeacherCache.response_rows` of the batch.
         mask: ``[B, T-1]`` bool, ``response_mask[:, 1:]``.
         params: the loss's weight (lam, alpha, beta).
@@ -345,15 +346,19 @@ def cached_per_token_loss(name: str, student_logits: torch.Tensor, rows: TopKRow
         ``[B, T-1]`` float32 nats per token, 0 off the mask; the gradient reaches the student.
 
     Raises:
-        ValueError: ``rows`` hold another number of rows than the mask, or another vocabulary.
+        ValueError: ``rows`` (or ``[M, V]`` student rows) hold another number of rows than the mask,
+            or another vocabulary.
     """
     mask = mask.bool()
     M, V = int(mask.sum()), student_logits.shape[-1]
+    s_rows = student_logits if student_logits.dim() == 2 else student_logits[mask]
     if len(rows.log_tail) != M or rows.vocab != V:
         raise ValueError(f"{len(rows.log_tail)} cached rows of vocabulary {rows.vocab} for {M} masked "
                          f"positions of vocabulary {V}")
     teacher = rows.to(student_logits.device).dense()[None]  # [1, M, V]
-    tok = get_per_token_loss(name)(student_logits[mask][None], teacher, None, **params)[0]
+    if s_rows.shape[0] != M:
+        raise ValueError(f"{s_rows.shape[0]} student rows for {M} masked positions")
+    tok = get_per_token_loss(name)(s_rows[None], teacher, None, **params)[0]
     return torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device).masked_scatter(mask, tok)
 
 

@@ -43,9 +43,10 @@ from . import baselines as B
 from . import data as D
 from . import tasks as TK
 from .config import DistillConfig, run_metadata
-from .difficulty import difficulty_scores, response_ce, save_tensor, score_dataset, teacher_ce_cached
+from .difficulty import (difficulty_scores, predicting_positions, response_ce_rows, save_tensor, score_dataset,
+                         teacher_ce_cached)
 from .losses import canonical_loss_name, get_per_token_loss
-from .models import cache_dir, check_pair, head_rows, load_model, load_tokenizer, resolve_model
+from .models import cache_dir, check_pair, head_rows, load_model, load_tokenizer, resolve_model, response_logits
 from .updater import dds_quantiles, selection_ratio, stratified_update_with_info, subset_size
 
 
@@ -82,35 +83,44 @@ def _loss_params(cfg: DistillConfig) -> dict:
 
 def token_losses(cfg: DistillConfig, student, teacher, batch: dict, vocab: int, topk=None,
                  sample_ids=None):
-    """Per-token training loss for one micro-batch, and the teacher's logits.
+    """Per-token training loss for one micro-batch, and the teacher's logits at its response rows.
 
     SFT and SeqKD: cross-entropy of the batch's response token (ground truth, or the teacher's
     generation for SeqKD). KD/DA-KD/GKD/DistiLLM: ``cfg.loss`` between the teacher's and the
     student's next-token distributions over the shared vocabulary ``[:vocab]``, on whatever
     response the batch holds (ground truth or student-generated).
 
+    Both models' logits are computed at the response rows only where the model allows it
+    (`dakd.models.response_logits`): the loss reads nothing else, and the LM head over the prompt
+    and padding rows is a large share of a small student's forward and backward.
+
     With ``topk`` (a `dakd.teacher_cache.TopKTeacherCache`, ``cfg.teacher_cache_k``) the teacher's
     distribution is read from the cache for the examples ``sample_ids`` instead of a teacher forward.
 
     Returns:
-        (``[B, T-1]`` float32 nats, zero off the response mask; teacher logits ``[B, T, V_t]`` or
+        (``[B, T-1]`` float32 nats, zero off the response mask; the teacher's logits ``[M, V_t]`` at
+        the M response rows in row-major order (`dakd.difficulty.response_ce_rows` reads them), or
         None for SFT, SeqKD and a cached teacher).
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    mask = batch["response_mask"][:, 1:]
-    s_logits = student(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    mask = batch["response_mask"][:, 1:].bool()
+    pos = predicting_positions(batch["response_mask"])
+    s_rows = response_logits(student, ids, attn, pos)  # [M, V_s]
+
+    def scatter(tok):  # [M] -> [B, T-1], zero off the mask; the gradient flows through
+        return torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device).masked_scatter(mask, tok)
+
     if cfg.method in ("sft", "seqkd"):
-        ce = F.cross_entropy(s_logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
-        return ce.masked_fill(~mask, 0.0), None
+        return scatter(F.cross_entropy(s_rows.float(), ids[:, 1:][mask], reduction="none")), None
     if topk is not None:
         from .teacher_cache import cached_per_token_loss
 
         rows = topk.response_rows(sample_ids, batch["response_mask"])
-        return cached_per_token_loss(cfg.loss, s_logits[..., :vocab], rows, mask, **_loss_params(cfg)), None
+        return cached_per_token_loss(cfg.loss, s_rows[:, :vocab], rows, mask, **_loss_params(cfg)), None
     with torch.no_grad():
-        t_full = teacher(input_ids=ids, attention_mask=attn).logits
+        t_rows = response_logits(teacher, ids, attn, pos)
     fn = get_per_token_loss(cfg.loss)
-    return fn(s_logits[..., :vocab], t_full[:, :-1, :vocab], mask, **_loss_params(cfg)), t_full
+    return scatter(fn(s_rows[None, :, :vocab], t_rows[None, :, :vocab], None, **_loss_params(cfg))[0]), t_rows
 
 
 def length_grouped(order: list[int], lengths: list[int], batch_size: int, generator,
@@ -594,7 +604,7 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                     per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab, topk,
                                                      [e["sample_id"] for e in mb])
                     if fill_teacher_ce and weight:
-                        teacher_ce_acc[[e["index"] for e in mb]] = response_ce(
+                        teacher_ce_acc[[e["index"] for e in mb]] = response_ce_rows(
                             t_logits, b["input_ids"], b["response_mask"]).cpu()
                     del t_logits
                     # DDP averages gradients over processes; scaling by world undoes that so the
