@@ -185,8 +185,9 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
 def cpu(root: str = "runs/cpu") -> dict[str, DistillConfig]:
     """Default CPU preset, sized for about 30 minutes on 2 cores (README: what it measured).
 
-    A KD step on 8 Dolly samples costs ~8 s here (teacher forward + student forward/backward +
-    loss over 49,152 classes), so four methods x 3 epochs fit ~128 samples; ChatML prompts, because
+    A KD step on 8 Dolly samples cost ~8 s here on a shared machine (teacher forward + student
+    forward/backward + loss over 49,152 classes; ~2.4 s on the idle machine with the response-rows
+    heads), so four methods x 3 epochs fit ~128 samples; ChatML prompts, because
     the shipped teacher stops cleanly with them; lr 1e-4 because the 6-layer student cut from the
     teacher has to heal in a few dozen steps."""
     base = DistillConfig(teacher=DEFAULT_TEACHER, student=DEFAULT_STUDENT, prompt_style="chatml",
