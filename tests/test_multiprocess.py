@@ -143,3 +143,24 @@ def test_shipped_accelerate_configs_are_read_by_accelerate(name, kind, extra):
     assert (args.multi_gpu, args.use_fsdp, args.use_deepspeed) == (kind == "MULTI_GPU", kind == "FSDP",
                                                                     kind == "DEEPSPEED")
     assert args.num_processes == 2
+
+
+# ---------------------------------------------------------------- top-k cache over two processes
+
+def test_two_processes_build_the_topk_cache_once_then_hit_it_without_the_teacher(tmp_path, monkeypatch):
+    """The hit is decided alike on both processes (one gather) before anyone builds: a miss builds
+    one file (main process) that both read; the same run again loads no teacher on either process."""
+    from dakd.models import cache_dir
+
+    fresh = tmp_path / "cache"  # a cache folder of its own; the built models are the real ones
+    fresh.mkdir()
+    (fresh / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    monkeypatch.setenv("DAKD_CACHE_DIR", str(fresh))
+    cfg = get_preset("tiny", root=str(tmp_path))["kd_rkl"].replace(teacher_cache_k=16, train_samples=8, epochs=1)
+    miss = launch_training(cfg, num_processes=2, cpu=True)
+    assert not miss["teacher_cache"]["from_cache"] and miss["teacher_cache"]["teacher_loaded"]
+    assert len(list((fresh / "topk").glob("*.pt"))) == 1
+    hit = launch_training(cfg.replace(output_dir=str(tmp_path / "hit")), num_processes=2, cpu=True)
+    assert hit["teacher_cache"]["from_cache"] and not hit["teacher_cache"]["teacher_loaded"]
+    assert hit["teacher_cache"]["path"] == miss["teacher_cache"]["path"]
+    assert [e["mean_loss"] for e in hit["epochs"]] == [e["mean_loss"] for e in miss["epochs"]]
