@@ -1,7 +1,7 @@
 """Whole-run cost (issue 4, target 5): DA-KD against full-data KD with the same loss and epochs,
 trained back to back in this one process on the same data, then evaluated alike.
 
-    .venv/bin/python benchmarks/whole_run.py --threads 2     # CPU preset's DA-KD config, ~35 min idle
+    .venv/bin/python benchmarks/whole_run.py --threads 2     # CPU preset's DA-KD config, ~6 min idle
     .venv/bin/python benchmarks/whole_run.py --quick         # tiny random pair, about a minute
     .venv/bin/python benchmarks/whole_run.py --dakd runs/cpu-full/dakd --full runs/cpu-full/dakd_full
                                                              # read two finished runs, train nothing
@@ -18,10 +18,11 @@ into ``runs/bench/whole_run[_quick]/<variant>``, trained in this order):
 
 Times per variant: ``wall`` = the training call's wall-clock (`pipeline.run`'s ``seconds.train``:
 model loading, top-k cache build, DDS scoring and every step; evaluation excluded), and the paper's
-Table 3 split (``cost``: DDS seconds + train seconds). Quality: ROUGE-L on every evaluation set of the
-preset (the same prompts and seed for all variants) and the paired difference against ``full`` over
-all scored prompts, with a 95 % bootstrap interval (2,000 resamples of prompts, seed 0): "not
-lower" means the interval's upper end is >= 0 (a difference the prompts cannot tell from none).
+Table 3 split (``cost``: DDS seconds + train seconds). Quality: ROUGE-L on every ROUGE-L evaluation
+set of the preset (the same prompts and seeds for all variants) and the paired difference against
+``full`` over every (set, seed, prompt) score both runs have, with a 95 % bootstrap interval (2,000
+resamples of prompts, a prompt's seeds together; seed 0): "not lower" means the interval's upper
+end is >= 0 (a difference the prompts cannot tell from none).
 
 Bound: with the paper's schedule (epoch 0 on all of D, then r(e) = 0.5 cos(pi e / E) +
 0.5) the iterations of DA-KD are sum_e ceil(round(r(e) N) / B) of E ceil(N / B), about 0.5 + 0.5 / E
@@ -61,11 +62,18 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
                 return None, f"{path}: unreadable ({type(e).__name__})"
             if "cost" not in d:
                 return None, f"{path}: no cost record"
-            evals = d.get("eval", {})
-            rouge = {ds: ev.get("rougeL") for ds, ev in evals.items()}
-            per_prompt = {ds: next(iter(ev.get("per_prompt", {}).values()), None) for ds, ev in evals.items()}
+            evals = {ds: ev for ds, ev in d.get("eval", {}).items() if ev.get("rougeL") is not None}
+            rouge = {ds: ev["rougeL"] for ds, ev in evals.items()}
+            # {(set, seed, prompt id): ROUGE-L}: every seed's score of every prompt (the table's
+            # ROUGE-L is their mean), keyed so that two runs pair the same prompt under the same seed
+            per_prompt = {}
+            for ds, ev in evals.items():
+                ids = ev.get("prompt_ids")
+                for seed, scores in (ev.get("per_prompt") or {}).items():
+                    keys = ids if ids is not None and len(ids) == len(scores) else range(len(scores))
+                    per_prompt |= {(ds, seed, k): v for k, v in zip(keys, scores)}
             note = f"{path}" + ("" if rouge else " (no evaluation: ROUGE-L absent)")
-            wall = d.get("seconds", {}).get("train")
+            wall = d.get("seconds", {}).get("train")  # None from a train_log.json
             tc = d.get("teacher_cache")
             if tc is None and log.exists() and path != log:
                 try:  # the top-k cache record is in the train log, not in results.json
@@ -73,25 +81,29 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                     tc = None
             return {"config": d.get("config", {}), "cost": d["cost"], "rouge": rouge, "per_prompt": per_prompt,
-                    "wall": wall if wall is not None else d["cost"].get("total_seconds"),
+                    "wall": wall,
                     "teacher_cache": tc, "label": d.get("label", folder.name)}, note
     return None, f"{folder}: absent (neither results.json nor train_log.json)"
 
 
 def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int] | None:
-    """Mean per-prompt ROUGE-L difference a - b over every set both scored, pooled, with a 95 %
-    percentile bootstrap interval over prompts: (mean, low, high, number of prompts), or None."""
-    diffs = []
-    for ds, pa in a["per_prompt"].items():
-        pb = b["per_prompt"].get(ds)
-        if pa is not None and pb is not None and len(pa) == len(pb):
-            diffs += [x - y for x, y in zip(pa, pb)]
-    if not diffs:
+    """Mean ROUGE-L difference a - b over the (set, seed, prompt) scores both runs have, with a 95 %
+    percentile bootstrap interval over prompts (a prompt's scores under every seed resampled
+    together): (mean, low, high, number of prompts), or None when they share none."""
+    shared = sorted(set(a["per_prompt"]) & set(b["per_prompt"]), key=str)
+    if not shared:
         return None
+    by_prompt: dict = {}
+    for key in shared:
+        by_prompt.setdefault((key[0], key[2]), []).append(a["per_prompt"][key] - b["per_prompt"][key])
+    groups = list(by_prompt.values())
     rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
-    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], n
+
+    def mean(gs):
+        return sum(sum(g) for g in gs) / sum(len(g) for g in gs)
+
+    means = sorted(mean(rng.choices(groups, k=len(groups))) for _ in range(resamples))
+    return mean(groups), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], len(groups)
 
 
 def train_variants(args) -> dict[str, Path]:
@@ -110,27 +122,37 @@ def train_variants(args) -> dict[str, Path]:
     real_cache = cache_dir()
     # a fresh cache folder for the top-k files, so that their build is inside the timed run; the
     # models folder is the real one (linked), so nothing is rebuilt or downloaded
-    fresh = Path(tempfile.mkdtemp(prefix="whole_run_cache_"))
+    tmp = tempfile.TemporaryDirectory(prefix="whole_run_cache_")  # removed when the runs end
+    fresh = Path(tmp.name)
     (fresh / "models").symlink_to(real_cache / "models", target_is_directory=True)
+    saved_env = os.environ.get("DAKD_CACHE_DIR")
     cfgs = {"full": base.replace(selection="full"), "dakd": base,
             "dakd_topk": base.replace(teacher_cache_k=TOPK),
             "full_topk": base.replace(selection="full", teacher_cache_k=TOPK)}
     print(f"preset {preset!r} dakd config {base.config_hash()}: {base.train_samples} samples, {base.epochs} "
           f"epochs, batch {base.batch_size}, loss {base.loss}; torch threads {torch.get_num_threads()}")
     folders = {}
-    for name in args.variants:
-        cfg = cfgs[name].replace(output_dir=str(root / name))
-        if name.endswith("_topk"):
-            os.environ["DAKD_CACHE_DIR"] = str(fresh)
-            for f in (fresh / "topk").glob("*.pt") if (fresh / "topk").exists() else ():
-                f.unlink()  # each cached variant builds its own file: its cost is counted
-        else:
+    try:
+        for name in args.variants:
+            cfg = cfgs[name].replace(output_dir=str(root / name))
+            if name.endswith("_topk"):
+                os.environ["DAKD_CACHE_DIR"] = str(fresh)
+                for f in (fresh / "topk").glob("*.pt") if (fresh / "topk").exists() else ():
+                    f.unlink()  # each cached variant builds its own file: its cost is counted
+            elif saved_env is None:
+                os.environ.pop("DAKD_CACHE_DIR", None)
+            else:
+                os.environ["DAKD_CACHE_DIR"] = saved_env
+            t0 = time.perf_counter()
+            pipeline.run(cfg, force=True)
+            print(f"[whole_run] {name}: trained and evaluated in {time.perf_counter() - t0:.0f} s")
+            folders[name] = Path(cfg.output_dir)
+    finally:
+        if saved_env is None:
             os.environ.pop("DAKD_CACHE_DIR", None)
-        t0 = time.perf_counter()
-        pipeline.run(cfg, force=True)
-        print(f"[whole_run] {name}: trained and evaluated in {time.perf_counter() - t0:.0f} s")
-        folders[name] = Path(cfg.output_dir)
-    os.environ.pop("DAKD_CACHE_DIR", None)
+        else:
+            os.environ["DAKD_CACHE_DIR"] = saved_env
+        tmp.cleanup()
     return folders
 
 
@@ -146,6 +168,12 @@ def report(folders: dict[str, Path]) -> None:
               f"script without --dakd/--full, or pass two finished run folders)")
         return
     ref = runs[ref_key]
+    if any(r is not None and r["wall"] is None for r in runs.values()):
+        # a folder without results.json has no process wall-clock: compare the Table 3 figure alike
+        print("wall = cost.total_seconds (DDS + training) for every run: a folder lacks results.json")
+        for r in runs.values():
+            if r is not None:
+                r["wall"] = r["cost"].get("total_seconds", float("nan"))
     for key, r in runs.items():
         if r is None or key == ref_key:
             continue

@@ -263,14 +263,27 @@ ROW_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _row_head(model):
-    """(decoder, head) when `response_logits` may apply the LM head to chosen rows, else None: an
-    unwrapped ``PreTrainedModel`` (a DDP/FSDP/DeepSpeed wrapper must run its own forward) of a type
-    in `ROW_HEAD_MODEL_TYPES`, with a ``base_model_prefix`` decoder and an output embedding."""
+    """(decoder, head) when `response_logits` may apply the LM head to chosen rows, else None.
+
+    Only for a plain ``PreTrainedModel`` of a type in `ROW_HEAD_MODEL_TYPES` whose own forward is
+    what runs: not one wrapped by DDP/FSDP1/DeepSpeed (not a ``PreTrainedModel``), not one sharded
+    by FSDP2 (``fully_shard`` keeps the class but hooks its modules: calling the decoder and head
+    directly would skip the root's unsharding), not one whose forward accelerate replaced (an
+    instance attribute ``forward``: mixed-precision autocast, device hooks) or that carries forward
+    hooks of its own; and not with logit soft-capping or scaling after the head."""
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel) or getattr(model.config, "model_type", None) not in ROW_HEAD_MODEL_TYPES:
         return None
     if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
+        return None
+    if "forward" in vars(model) or model._forward_hooks or model._forward_pre_hooks:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        FSDPModule = ()
+    if FSDPModule and any(isinstance(m, FSDPModule) for m in model.modules()):
         return None
     decoder, head = getattr(model, model.base_model_prefix, None), model.get_output_embeddings()
     if decoder is None or head is None or decoder is model:
@@ -285,9 +298,10 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     The LM head is a ``[hidden, V]`` matmul per position (V = 49,152 for SmolLM2, ~150k for Qwen):
     for a small student it costs as much as its decoder layers, and a distillation loss or a
     response CE reads only the response positions (about half of a batch's). For the model types of
-    `ROW_HEAD_MODEL_TYPES` (Llama, Mistral, Qwen2/3), unwrapped, the head is applied to those rows
-    only; any other model (or one wrapped by DDP/FSDP/DeepSpeed) runs its full forward and the rows
-    are gathered from its ``[B, T, V]`` logits. Both give the same values (to float rounding) and
+    `ROW_HEAD_MODEL_TYPES` (Llama, Mistral, Qwen2/3), run by their own forward, the head is applied
+    to those rows only; any other model, or one wrapped by DDP/FSDP/DeepSpeed, sharded by FSDP2, or
+    whose forward accelerate patched (mixed-precision autocast), runs its full forward and the rows
+    are gathered from its ``[B, T, V]`` logits (`_row_head` says which). Both give the same values (to float rounding) and
     gradients. No KV cache is built (``use_cache=False``): a teacher-forced pass never reads it.
 
     Args:

@@ -2,6 +2,11 @@
 as the full ``[B, T, V]`` forward that the losses and the response CE used to read, for the fast
 path (LM head on the chosen rows) and for the fallback (wrapped or other models)."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,3 +129,84 @@ def test_score_dataset_equals_response_ce_of_the_full_forward(pair, dolly_exampl
             logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             want = response_ce(logits, b["input_ids"], b["response_mask"])[0]
             torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# Regression (FSDP2, configs/accelerate/fsdp.yaml: fsdp_version 2): fully_shard keeps the model a
+# PreTrainedModel (class FSDPLlamaForCausalLM); the row shortcut called model.model / lm_head
+# directly, bypassing the root FSDP module's hooks, and the first call raised. The layout below is accelerate 1.15's fsdp2_prepare_model layout
+# (decoder layers, a tail unit [norm, embed, lm_head] with reshard_after_forward=False, the root).
+_FSDP2 = """
+import os, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PORT", "29551"))
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.device_mesh import init_device_mesh
+from transformers import LlamaConfig, LlamaForCausalLM
+from dakd.models import response_logits
+torch.manual_seed(0)
+m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+ids = torch.randint(0, 64, (2, 7)); attn = torch.ones_like(ids)
+pos = torch.zeros_like(ids, dtype=torch.bool); pos[:, 2:6] = True
+with torch.no_grad():
+    ref = m(input_ids=ids, attention_mask=attn).logits[pos]
+mesh = init_device_mesh("cpu", (1,))
+for layer in m.model.layers:
+    fully_shard(layer, mesh=mesh)
+if LAYOUT == "accelerate":
+    fully_shard([m.model.norm, m.get_input_embeddings(), m.get_output_embeddings()], mesh=mesh,
+                reshard_after_forward=False)
+fully_shard(m, mesh=mesh)
+for step in range(2):
+    got = response_logits(m, ids, attn, pos)
+    got = got.full_tensor() if hasattr(got, "full_tensor") else got
+    assert (got.detach() - ref).abs().max().item() < 1e-5
+    got.pow(2).sum().backward()
+print("OK")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("layout,port", [("plain", 29551), ("accelerate", 29552)])
+def test_response_logits_works_for_an_fsdp2_sharded_student(layout, port):
+    res = _run(f"LAYOUT = {layout!r}\nimport os; os.environ['PORT'] = '{port}'\n" + textwrap.dedent(_FSDP2))
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-1500:]
+
+
+# Regression (accelerate mixed precision on one process): accelerator.prepare patches model.forward
+# with autocast; the model stays a PreTrainedModel, and the shortcut skipped the autocast (the run
+# silently trained in fp32; logits 8e-4 off the full forward).
+_AMP = """
+import torch
+from accelerate import Accelerator
+from transformers import LlamaConfig, LlamaForCausalLM
+from dakd.models import response_logits
+torch.manual_seed(0)
+acc = Accelerator(cpu=True, mixed_precision="bf16")
+m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1))
+m = acc.prepare(m)
+ids = torch.randint(0, 64, (2, 8)); attn = torch.ones_like(ids)
+pos = torch.zeros_like(ids, dtype=torch.bool); pos[:, 3:7] = True
+with torch.no_grad():
+    got = response_logits(m, ids, attn, pos)
+    want = m(input_ids=ids, attention_mask=attn).logits[pos]
+diff = (got.float() - want.float()).abs().max().item()
+print("DIFF", diff)
+assert diff < 1e-5
+print("OK")
+"""
+
+
+def test_response_logits_keeps_accelerate_autocast():
+    res = _run(_AMP)
+    assert res.returncode == 0 and "OK" in res.stdout, (res.stdout + res.stderr)[-1500:]
