@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DistillCollator
-from .models import response_logits
+from .models import response_logits, weights_fingerprint
 
 
 def response_ce(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -144,12 +144,14 @@ def save_tensor(t: torch.Tensor, path: str | Path) -> None:
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,
                       teacher_name: str, batch_size: int = 8, accelerator=None) -> tuple[torch.Tensor, bool]:
     """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
-    scored the same token ids (the teacher is frozen), else computed and written.
+    scored the same token ids (the teacher is frozen), else computed and written. The teacher is
+    identified by `dakd.models.weights_fingerprint` (a local folder retrained in place is another
+    teacher).
 
     Returns:
         (``[N]`` float32 nats per token, whether it came from the cache).
     """
-    h = hashlib.sha256(teacher_name.encode())
+    h = hashlib.sha256(weights_fingerprint(teacher_name).encode())
     for ex in examples:
         h.update(json.dumps([ex["input_ids"], ex["prompt_length"]]).encode())
     path = Path(cache_folder) / f"teacher_ce_{h.hexdigest()[:16]}.pt"

@@ -14,6 +14,7 @@ weights, so a short CPU distillation already produces fluent text; a narrow rand
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -189,6 +190,29 @@ def resolve_model(name_or_path: str | Path) -> str:
     if key in _BUILDERS:
         return str(_BUILDERS[key]())
     return key
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_fingerprint(name_or_path: str | Path) -> str:
+    """What identifies a model's weights for the caches of its outputs (CE_teacher, top-k files).
+
+    A local folder: sha256 (16 hex digits) of the name, size and modification time (ns) of each of
+    its weight files (`WEIGHT_SUFFIXES`) and ``config.json``, so a teacher folder retrained in
+    place (a rerun teacher-SFT stage) gets new caches instead of its old outputs. Anything else (a
+    hub name, an alias before it is built) is returned unchanged: the name is the identity.
+    Copying a folder changes the times and so costs one rebuild of its caches, never a stale read.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"):
+            st = f.stat()
+            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{path}@{h.hexdigest()[:16]}"
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):

@@ -68,8 +68,10 @@ def topk_cache_path(teacher_name: str, examples: list[dict], k: int, max_length:
                     vocab: int | None = None, logp_dtype: torch.dtype = torch.float32,
                     folder: str | Path | None = None) -> Path:
     """Where the cache of these settings lives: ``folder`` (default ``cache_dir()/"topk"``) /
-    ``topk_k<k>_<hash>.pt``, the hash covering the teacher name, `data_hash` of ``examples``, k,
-    max_length (tokens), the vocabulary size and the log-prob dtype. Any change gives another file.
+    ``topk_k<k>_<hash>.pt``, the hash covering the teacher (`dakd.models.weights_fingerprint`: for a
+    local folder its weight files' sizes and times too, so a teacher retrained in place gets a new
+    file), `data_hash` of ``examples``, k, max_length (tokens), the vocabulary size and the log-prob
+    dtype. Any change gives another file.
 
     Args:
         teacher_name: names the teacher weights (``train.py`` names them ``resolve_model(cfg.teacher)``).
@@ -77,7 +79,9 @@ def topk_cache_path(teacher_name: str, examples: list[dict], k: int, max_length:
     if folder is None:
         from .models import cache_dir
         folder = cache_dir() / "topk"
-    key = json.dumps([FORMAT, teacher_name, data_hash(examples), k, max_length, vocab,
+    from .models import weights_fingerprint
+
+    key = json.dumps([FORMAT, weights_fingerprint(teacher_name), data_hash(examples), k, max_length, vocab,
                       _dtype_name(logp_dtype)])
     return Path(folder) / f"topk_k{k}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 

@@ -193,3 +193,31 @@ def test_load_or_build_reuses_the_file(pair, short, smol_tok, tmp_path):
                                           folder=tmp_path)
     assert (hit_a, hit_b) == (False, True) and a.path == b.path
     assert torch.equal(a.rows([short[0]["sample_id"]]).ids, b.rows([short[0]["sample_id"]]).ids)
+
+
+def test_a_teacher_folder_retrained_in_place_gets_new_caches(tmp_path, short, smol_tok):
+    # regression: the caches were keyed by the teacher's name only, so a teacher-SFT folder
+    # retrained in place (same path, new weights) read the old teacher's top-k file and CE_teacher
+    import os
+
+    from dakd.difficulty import teacher_ce_cached
+    from dakd.models import TINY_TEACHER, load_model, weights_fingerprint
+
+    folder = tmp_path / "teacher_sft" / "student"
+    model = load_model(TINY_TEACHER)
+    model.save_pretrained(folder)
+    before = C.topk_cache_path(str(folder), short, 16, 96, 49152, folder=tmp_path / "topk")
+    assert C.topk_cache_path(str(folder), short, 16, 96, 49152, folder=tmp_path / "topk") == before
+    ce1, hit1 = teacher_ce_cached(model, short, smol_tok.pad_token_id, tmp_path / "ce", str(folder))
+    _, hit2 = teacher_ce_cached(model, short, smol_tok.pad_token_id, tmp_path / "ce", str(folder))
+    assert (hit1, hit2) == (False, True)
+
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(2.0)
+    model.save_pretrained(folder)  # "retrained": same folder, other weights
+    for f in folder.iterdir():  # a later write, even within the clock's resolution
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    assert C.topk_cache_path(str(folder), short, 16, 96, 49152, folder=tmp_path / "topk") != before
+    ce3, hit3 = teacher_ce_cached(model, short, smol_tok.pad_token_id, tmp_path / "ce", str(folder))
+    assert not hit3 and not torch.equal(ce3, ce1)
+    assert weights_fingerprint("some/hub-name") == "some/hub-name"  # a hub name is its own identity
