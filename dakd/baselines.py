@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .models import cache_dir, resolve_model
+from .models import cache_dir, resolve_model, weight_files
 
 BATCH_SOURCES = ("fresh", "replay", "ground_truth")
 
@@ -303,10 +303,7 @@ def teacher_fingerprint(name: str) -> dict:
     path = Path(resolve_model(name))
     fp: dict = {"teacher": str(name)}
     if path.is_dir():
-        files = sorted(f for f in path.iterdir()
-                       if f.suffix in (".safetensors", ".bin", ".pt") or f.name.endswith(".index.json"))
-        fp |= {"path": str(path.resolve()),
-               "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+        fp |= {"path": str(path.resolve()), "weights": weight_files(path)}
     return fp
 
 

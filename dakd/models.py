@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -192,27 +193,28 @@ def resolve_model(name_or_path: str | Path) -> str:
     return key
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+def weight_files(folder: str | Path) -> list[list]:
+    """``[[file name, size in bytes, modification time in ns], ...]`` of a model folder's weight files
+    (``*.safetensors``, ``*.bin``, ``*.pt`` and their ``*.index.json``), sorted by name: what changes
+    when a model is retrained into the same folder."""
+    files = sorted(f for f in Path(folder).iterdir()
+                   if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name.endswith(".index.json")))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def weights_fingerprint(name_or_path: str | Path) -> str:
     """What identifies a model's weights for the caches of its outputs (CE_teacher, top-k files).
 
-    A local folder: sha256 (16 hex digits) of the name, size and modification time (ns) of each of
-    its weight files (`WEIGHT_SUFFIXES`) and ``config.json``, so a teacher folder retrained in
-    place (a rerun teacher-SFT stage) gets new caches instead of its old outputs. Anything else (a
-    hub name, an alias before it is built) is returned unchanged: the name is the identity.
-    Copying a folder changes the times and so costs one rebuild of its caches, never a stale read.
+    A local folder: its path and a sha256 (16 hex digits) of `weight_files`, so a teacher folder
+    retrained in place (a rerun teacher-SFT stage) gets new caches instead of its old outputs.
+    Anything else (a hub name) is returned unchanged: the name is the identity. Copying a folder
+    changes the times and so costs one rebuild of its caches, never a stale read.
     """
     path = Path(name_or_path)
     if not path.is_dir():
         return str(name_or_path)
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"):
-            st = f.stat()
-            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return f"{path}@{h.hexdigest()[:16]}"
+    digest = hashlib.sha256(json.dumps(weight_files(path)).encode()).hexdigest()[:16]
+    return f"{path}@{digest}"
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
