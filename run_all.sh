@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dakd launcher.
-#   ./run_all.sh                      run the default CPU preset: Table 1's core rows (~22 min here)
+#   ./run_all.sh                      run the default CPU preset: Table 1's core rows (~10 min here, idle)
 #   ./run_all.sh test                 run the test suite
 #   ./run_all.sh --preset NAME        run another preset: cpu, tiny, cpu-full (every table and figure
 #                                     at CPU scale, ~90 min here), tiny-full, or a paper preset for GPUs:

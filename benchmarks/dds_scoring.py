@@ -76,7 +76,8 @@ def free_teacher_ce_seconds(cfg, examples, pad, vocab) -> float:
 
 def read_dds_share(path: Path) -> str:
     if not path.exists():
-        return f"DDS share of a finished run: {path} is absent (run the CPU preset first: ./run_all.sh)"
+        return (f"DDS share of a finished run: {path} is absent (./run_all.sh writes runs/cpu/dakd/train_log.json, "
+                f"benchmarks/whole_run.py runs/bench/whole_run/dakd/train_log.json; pass one with --train-log)")
     cost = json.loads(path.read_text()).get("cost", {})
     if "dds_share" not in cost:
         return f"DDS share of a finished run: {path} has no cost.dds_share (unfinished run?)"

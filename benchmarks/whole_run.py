@@ -166,7 +166,7 @@ def report(folders: dict[str, Path]) -> None:
         missing = [k for k in runs if runs[k] is None]
         print(f"whole-run ratios: not computed, {' and '.join(missing)} run absent (train them with this "
               f"script without --dakd/--full, or pass two finished run folders)")
-        return
+        raise SystemExit(1)
     ref = runs[ref_key]
     if any(r is not None and r["wall"] is None for r in runs.values()):
         # a folder without results.json has no process wall-clock: compare the Table 3 figure alike
