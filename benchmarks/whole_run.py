@@ -14,7 +14,9 @@ into ``runs/bench/whole_run[_quick]/<variant>``, trained in this order):
   dakd_topk  the same with ``teacher_cache_k=256``: the package's fast path. Its cache is built
              inside the timed run (a fresh ``DAKD_CACHE_DIR`` whose ``models`` links to the real one),
              so the teacher pass that writes it is counted.
-``--variants`` picks a subset (add ``full_topk`` to see what the cache buys full-data KD alike).
+``--variants`` picks a subset (add ``full_topk`` to see what the cache buys full-data KD alike);
+``--eval-sets dolly self_instruct vicuna sinst uinst`` evaluates on the five instruction sets (the
+preset evaluates DollyEval only) for a tighter ROUGE-L interval; ``--out`` another folder for it.
 
 Times per variant: ``wall`` = the training call's wall-clock (`pipeline.run`'s ``seconds.train``:
 model loading, top-k cache build, DDS scoring and every step; evaluation excluded), and the paper's
@@ -119,6 +121,8 @@ def train_variants(args) -> dict[str, Path]:
     preset = "tiny" if args.quick else "cpu"
     root = Path(args.out or f"runs/bench/whole_run{'_quick' if args.quick else ''}")
     base = get_preset(preset)["dakd"].replace(save_checkpoints=False)
+    if args.eval_sets:
+        base = base.replace(eval_datasets=tuple(args.eval_sets))
     real_cache = cache_dir()
     # a fresh cache folder for the top-k files, so that their build is inside the timed run; the
     # models folder is the real one (linked), so nothing is rebuilt or downloaded
@@ -224,6 +228,9 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["full", "dakd", "dakd_topk"], choices=VARIANTS,
                     help="which variants to train; 'full' is the reference and is always included")
     ap.add_argument("--out", default=None, help="output root (default runs/bench/whole_run[_quick])")
+    ap.add_argument("--eval-sets", nargs="+", default=None,
+                    help="evaluation sets (default: the preset's, DollyEval only for the CPU preset); more "
+                         "sets give the paired ROUGE-L difference more prompts")
     ap.add_argument("--dakd", default=None, help="read this finished DA-KD run folder (with --full)")
     ap.add_argument("--full", default=None, help="read this finished full-data run folder (with --dakd)")
     args = ap.parse_args()
