@@ -61,7 +61,8 @@ def test_train_variants_removes_its_temporary_cache_and_restores_the_environment
     seen = []
     monkeypatch.setattr(dakd.pipeline, "run", lambda cfg, force=False: seen.append(
         (cfg.teacher_cache_k, __import__("os").environ.get("DAKD_CACHE_DIR"))))
-    wr.train_variants(Namespace(threads=None, quick=True, out=str(tmp_path / "out"), variants=["full", "dakd_topk"]))
+    wr.train_variants(Namespace(threads=None, quick=True, out=str(tmp_path / "out"), variants=["full", "dakd_topk"],
+                                eval_sets=None))
     assert not list(tmp_path.glob("whole_run_cache_*"))
     assert seen[0] == (None, str(tmp_path / "user_cache"))  # the exact run uses the user's cache
     assert seen[1][0] == 256 and "whole_run_cache_" in seen[1][1]  # the cached run a fresh one
