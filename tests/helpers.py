@@ -15,3 +15,16 @@ def assert_same_weights(a, b, atol=0.0):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def record_model_loads(monkeypatch, module) -> list[str]:
+    """Wrap ``module.load_model`` (e.g. `dakd.train`'s) so that every name it loads is appended to
+    the returned list; the models still load."""
+    loaded: list[str] = []
+    real = module.load_model
+
+    def spy(name, *a, **kw):
+        loaded.append(str(name))
+        return real(name, *a, **kw)
+    monkeypatch.setattr(module, "load_model", spy)
+    return loaded

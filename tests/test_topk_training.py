@@ -13,7 +13,7 @@ import dakd.models as M
 import dakd.train as T
 from dakd.config import DistillConfig
 from dakd.presets import get_preset
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, record_model_loads, weights
 
 V = 49152  # the tiny pair's vocabulary (the real SmolLM2 tokenizer)
 
@@ -100,13 +100,7 @@ def test_the_teacher_head_rows_come_from_its_config_by_alias_or_folder():
 
 
 def test_a_cache_hit_trains_without_loading_the_teacher(tmp_path, topk_folder, monkeypatch):
-    loaded = []
-    real = T.load_model
-
-    def spy(name, *a, **kw):
-        loaded.append(str(name))
-        return real(name, *a, **kw)
-    monkeypatch.setattr(T, "load_model", spy)
+    loaded = record_model_loads(monkeypatch, T)
     cfg = _cfg(tmp_path / "miss", "kd_rkl", teacher_cache_k=16)
     miss = T.train(cfg)  # no file yet: the teacher is loaded, builds the cache, is freed
     assert cfg.teacher in loaded and cfg.student in loaded

@@ -16,7 +16,7 @@ from dakd.difficulty import score_dataset
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model, load_tokenizer
 from dakd.presets import get_preset
 from dakd.updater import dds_quantiles, selection_ratio, subset_size
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, record_model_loads, weights
 
 
 def _dakd_cfg(root, **kw):
@@ -118,13 +118,7 @@ def test_epoch0_teacher_ce_equals_a_separate_teacher_pass(dakd_run, smol_tok):
 # ---------------------------------------------------------------- other methods
 
 def test_sft_never_loads_the_teacher(tmp_path, monkeypatch):
-    loaded = []
-    real = T.load_model
-
-    def spy(name, *a, **k):
-        loaded.append(str(name))
-        return real(name, *a, **k)
-    monkeypatch.setattr(T, "load_model", spy)
+    loaded = record_model_loads(monkeypatch, T)
     monkeypatch.setattr(T, "load_tokenizer", lambda name, *a, **k: (
         loaded.append("tok:" + str(name)), load_tokenizer(name, *a, **k))[1])
     cfg = get_preset("tiny", root=str(tmp_path))["sft"].replace(train_samples=8, epochs=1)
