@@ -414,12 +414,23 @@ def load_or_build_topk_cache(teacher, examples: list[dict], pad_token_id: int, k
     all read the same file. A damaged or foreign file at the path raises `TopKCacheError` rather
     than being overwritten silently.
 
+    Args:
+        teacher: the teacher model, or None when the caller knows the file is there (a cache hit
+            needs no teacher weights; ``vocab`` is then required).
+
     Returns:
         (the opened cache, whether the file was already there).
+
+    Raises:
+        ValueError: ``teacher`` is None but the file must be built (or V is unknown).
     """
+    if teacher is None and vocab is None:
+        raise ValueError("load_or_build_topk_cache: without a teacher, vocab must be given")
     V = vocab or teacher.get_output_embeddings().weight.shape[0]
     path = topk_cache_path(teacher_name, examples, k, max_length, V, logp_dtype, folder)
     hit = path.exists()
+    if not hit and teacher is None:
+        raise ValueError(f"{path} is absent and no teacher was given to build it")
     if not hit and (accelerator is None or accelerator.is_main_process):
         build_topk_cache(teacher, examples, pad_token_id, k, path, batch_size, teacher_name=teacher_name,
                          max_length=max_length, vocab=V, logp_dtype=logp_dtype)

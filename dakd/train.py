@@ -382,34 +382,28 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
         teacher_tok = load_tokenizer(cfg.teacher, cfg.trust_remote_code)
         topk_hit = False
         if cfg.teacher_cache_k:
-            tk0 = time.perf_counter()
             # a cache already built for these settings needs no teacher weights: V from the
             # teacher's config (its head rows), the tokenizers still checked
             rows = head_rows(cfg.teacher, cfg.trust_remote_code)
             if rows is not None:
-                from .teacher_cache import TopKTeacherCache, topk_cache_path
+                from .teacher_cache import topk_cache_path
 
                 vocab = check_pair(teacher_tok, tok, rows, student)
                 path = topk_cache_path(resolve_model(cfg.teacher), examples, cfg.teacher_cache_k,
                                        cfg.max_length, vocab)
                 topk_hit = _all_processes(accelerator, path.exists())
-        if topk_hit:
-            topk = TopKTeacherCache(path, teacher_name=resolve_model(cfg.teacher), examples=examples,
-                                    k=cfg.teacher_cache_k, max_length=cfg.max_length, vocab=vocab)
-        else:
+        if not topk_hit:
             teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
             vocab = check_pair(teacher_tok, tok, teacher, student)
-            if cfg.teacher_cache_k:
-                from .teacher_cache import load_or_build_topk_cache
+        if cfg.teacher_cache_k:
+            from .teacher_cache import load_or_build_topk_cache
 
-                tk0 = time.perf_counter()  # the cache's time, as on a hit: the teacher's loading aside
-                teacher = teacher.to(accelerator.device)
-                topk, topk_hit = load_or_build_topk_cache(teacher, examples, tok.pad_token_id,
-                                                          cfg.teacher_cache_k, resolve_model(cfg.teacher),
-                                                          cfg.max_length, vocab, cfg.micro_batch_size,
-                                                          accelerator=accelerator)
-        if topk is not None:
-            topk_record = {"k": cfg.teacher_cache_k, "path": str(topk.path), "from_cache": topk_hit,
+            tk0 = time.perf_counter()  # the cache's time (opened, or built), the teacher's loading aside
+            topk, from_cache = load_or_build_topk_cache(
+                None if teacher is None else teacher.to(accelerator.device), examples, tok.pad_token_id,
+                cfg.teacher_cache_k, resolve_model(cfg.teacher), cfg.max_length, vocab, cfg.micro_batch_size,
+                accelerator=accelerator)
+            topk_record = {"k": cfg.teacher_cache_k, "path": str(topk.path), "from_cache": from_cache,
                            "teacher_loaded": teacher is not None, "seconds": time.perf_counter() - tk0}
             teacher = None  # every step reads the cache: the teacher's memory is given back
 

@@ -193,6 +193,13 @@ def test_load_or_build_reuses_the_file(pair, short, smol_tok, tmp_path):
                                           folder=tmp_path)
     assert (hit_a, hit_b) == (False, True) and a.path == b.path
     assert torch.equal(a.rows([short[0]["sample_id"]]).ids, b.rows([short[0]["sample_id"]]).ids)
+    # a hit needs no teacher (train.py passes None when the file is there); a miss without one is refused
+    c, hit_c = C.load_or_build_topk_cache(None, short[:2], smol_tok.pad_token_id, 4, "tiny", 160, vocab=a.vocab,
+                                          folder=tmp_path)
+    assert hit_c and c.path == a.path
+    with pytest.raises(ValueError, match="absent and no teacher"):
+        C.load_or_build_topk_cache(None, short[:2], smol_tok.pad_token_id, 8, "tiny", 160, vocab=a.vocab,
+                                   folder=tmp_path)
 
 
 def test_a_teacher_folder_retrained_in_place_gets_new_caches(tmp_path, short, smol_tok):
