@@ -9,9 +9,10 @@ draws for these samples; batch_size = micro_batch_size, so no accumulation):
   bare   written inline here: teacher forward (no_grad), student forward, both LM heads on the
          response rows only (the logits the loss reads, as `dakd.models.response_logits` does),
          `dakd.losses.bdl`, backward, AdamW step, zero_grad. The floor: nothing a loop could leave out.
-  step   the calls the loop makes per step: `dakd.train.token_losses` (the very function), the
-         token-count scaling, the finiteness check, backward, gradient-norm clipping and its
-         check, AdamW and LR-scheduler steps, zero_grad.
+  step   the loop's own step function, `dakd.train.train_step` (the very function), with the
+         DA-KD objective (`dakd.methods.objectives.Divergence`, BDL): collation, the token-count
+         scaling, the finiteness check, backward, gradient-norm clipping and its check, AdamW and
+         LR-scheduler steps, zero_grad, the reduced step loss.
   loop   the real `dakd.train.train` (method dakd, one epoch, no checkpoints) on the same samples;
          per step = its ``cost.train_seconds / cost.iterations``, which also counts collation,
          epoch 0's free CE_teacher (`response_ce` on the teacher logits), accelerate, tqdm and the
@@ -19,7 +20,7 @@ draws for these samples; batch_size = micro_batch_size, so no accumulation):
   loop_kd  the same with method kd (same BDL, same batches): no CE_teacher fill, so loop - loop_kd
          is what DA-KD's epoch 0 pays for getting CE_teacher without a teacher pass.
 bare and step alternate batch by batch (so a load change on a shared machine hits both), after one
-untimed warm-up step; both collate outside the timed part.
+untimed warm-up step; both collate inside the timed part.
 
 Last line: step / bare, loop / bare and loop_kd / bare time ratios (issue 4 target: at most 1.05).
 """
@@ -40,7 +41,10 @@ from dakd import data as D  # noqa: E402
 from dakd.losses import bdl  # noqa: E402
 from dakd.models import check_pair, load_model, load_tokenizer  # noqa: E402
 from dakd.presets import get_preset  # noqa: E402
-from dakd.train import length_grouped, token_losses, train  # noqa: E402
+from dakd.methods.objectives import Divergence  # noqa: E402
+from dakd.methods.sources import Share  # noqa: E402
+from dakd.runstate import Run  # noqa: E402
+from dakd.train import length_grouped, train, train_step  # noqa: E402
 
 
 def main():
@@ -80,11 +84,19 @@ def main():
     s_step, opt_step = make()
     sched = get_cosine_schedule_with_warmup(opt_step, 0, len(batches) + 1)
 
-    def bare(b):
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=True)
+    s_step, opt_step = acc.prepare(s_step, opt_step)
+    run = Run(cfg, acc, None, tok, examples, student=s_step, teacher=teacher, vocab=vocab, opt=opt_step,
+              sched=sched)
+    objective = Divergence(run)
+
+    def bare(batch):
+        t0 = time.perf_counter()
+        b = collate([examples[i] for i in batch])
         ids, attn = b["input_ids"], b["attention_mask"]
         pos = torch.zeros_like(ids, dtype=torch.bool)
         pos[:, :-1] = b["response_mask"][:, 1:]  # positions that predict a response token
-        t0 = time.perf_counter()
         with torch.no_grad():
             t = teacher.lm_head(teacher.model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[pos])
         s = s_bare.lm_head(s_bare.model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[pos])
@@ -94,34 +106,22 @@ def main():
         opt_bare.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    def step(b):
+    def step(batch):
         t0 = time.perf_counter()
-        n_tok = int(b["response_mask"][:, 1:].sum())
-        per_tok, t_logits = token_losses(cfg, s_step, teacher, b, vocab)
-        del t_logits
-        loss = per_tok.sum() / max(n_tok, 1)
-        if not torch.isfinite(loss):
-            raise RuntimeError("non-finite loss")
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(s_step.parameters(), cfg.max_grad_norm)
-        if not torch.isfinite(norm):
-            raise RuntimeError("non-finite gradient norm")
-        opt_step.step()
-        sched.step()
-        opt_step.zero_grad(set_to_none=True)
-        per_tok.detach().sum().item()
+        ex = [examples[i] for i in batch]
+        share = Share(ex, 1.0, sum(len(e["input_ids"]) - e["prompt_length"] for e in ex),
+                      sum(len(e["input_ids"]) for e in ex), [e["sample_id"] for e in ex])
+        train_step(run, share, objective)
         return time.perf_counter() - t0
 
-    warm = collate([examples[i] for i in batches[0]])
-    bare(warm), step(warm)  # warm-up: first-call costs and AdamW state, not timed
+    bare(batches[0]), step(batches[0])  # warm-up: first-call costs and AdamW state, not timed
     times = {"bare": [], "step": []}
     for j, batch in enumerate(batches):
-        b = collate([examples[i] for i in batch])
         for name in (("bare", "step") if j % 2 == 0 else ("step", "bare")):
-            times[name].append((bare if name == "bare" else step)(b))
-        print(f"step {j + 1}/{len(batches)} {tuple(b['input_ids'].shape)}: bare {times['bare'][-1]:.2f} s, "
+            times[name].append((bare if name == "bare" else step)(batch))
+        print(f"step {j + 1}/{len(batches)} ({len(batch)} samples): bare {times['bare'][-1]:.2f} s, "
               f"step {times['step'][-1]:.2f} s", flush=True)
-    del s_bare, s_step, opt_bare, opt_step
+    del s_bare, s_step, opt_bare, opt_step, run, objective
 
     per = {k: sum(v) / len(v) for k, v in times.items()}
     for name, method in (("loop", "dakd"), ("loop_kd", "kd")):

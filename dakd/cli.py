@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
         from .config import DistillConfig
         from .pipeline import evaluate_run
-        from .train import write_json
+        from .io import write_json
 
         acc = Accelerator(cpu=not torch.cuda.is_available())
         evals = evaluate_run(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), acc,

@@ -10,21 +10,22 @@ import dataclasses
 import hashlib
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import __version__
 
+# The methods and the losses each accepts come from their declarations (`dakd.methods.METHODS`):
 # "teacher" evaluates the teacher as it is (no training), the first row of every table; "seqkd",
-# "gkd" and "distillm" are the baselines of Tables 1-3 (dakd.baselines documents each)
-METHODS = ("teacher", "sft", "kd", "dakd", "seqkd", "gkd", "distillm")
+# "gkd" and "distillm" are the baselines of Tables 1-3 (dakd.baselines documents each). GKD trains
+# with the generalized JSD with `beta` (Agarwal et al. 2024). DistiLLM (Ko et al., ICML 2024): skew
+# KL or skew reverse KL with `alpha`; its released scripts (github.com/jongwooko/distillm,
+# scripts/*/distillm/*.sh) train GPT-2 with `--type adaptive-sfkl` (skew KL) but OPT and OpenLLaMA2
+# with skew reverse KL (`adaptive-srkl`, `srkl-...`); DA-KD's pairs are Llama/Qwen decoders like the
+# latter, so skew reverse KL is its default and `loss="skew_kl"` selects the GPT-2 variant.
+from .methods import METHODS as _DECLARED  # noqa: E402
 
-# The loss each baseline trains with, and which `loss` names it accepts. GKD: generalized JSD with
-# `beta` (Agarwal et al. 2024). DistiLLM (Ko et al., ICML 2024): skew KL or skew reverse KL with
-# `alpha`; its released scripts (github.com/jongwooko/distillm, scripts/*/distillm/*.sh) train GPT-2
-# with `--type adaptive-sfkl` (skew KL) but OPT and OpenLLaMA2 with skew reverse KL
-# (`adaptive-srkl`, `srkl-...`); DA-KD's pairs are Llama/Qwen decoders like the latter, so skew
-# reverse KL is the default here and `loss="skew_kl"` selects the GPT-2 variant.
-METHOD_LOSSES = {"gkd": ("js_divergence",), "distillm": ("skew_reverse_kl", "skew_kl")}
+METHODS = tuple(_DECLARED)  # the built-in names, in table order (registered later ones are accepted too)
+METHOD_LOSSES = {k: m.losses for k, m in _DECLARED.items() if m.losses}
 
 # Fields added after results were first published. While at their default they are left out of
 # `config_hash`, so a config that does not use them keeps the hash it had before they existed
@@ -102,8 +103,9 @@ class DistillConfig:
     save_epoch_students: bool = False  # save the student after every epoch (Figure 1 curves)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in _DECLARED:
+            raise ValueError(f"method must be one of {tuple(_DECLARED)}, got {self.method!r}")
+        declared = _DECLARED[self.method]
         for name in ("lam", "alpha", "tau", "beta", "student_data_fraction", "sgo_init_prob",
                      "sgo_prob_step", "sgo_max_prob"):
             v = getattr(self, name)
@@ -122,18 +124,19 @@ class DistillConfig:
         if self.teacher_cache_k is not None:
             if self.teacher_cache_k < 1:
                 raise ValueError(f"teacher_cache_k must be None (exact teacher) or >= 1, got {self.teacher_cache_k}")
-            if self.method not in ("kd", "dakd"):
-                raise ValueError(f"teacher_cache_k applies to methods 'kd' and 'dakd' (the cache holds the "
+            if "teacher_cache_k" not in declared.fields:
+                takers = [k for k, m in _DECLARED.items() if "teacher_cache_k" in m.fields]
+                raise ValueError(f"teacher_cache_k applies to methods {takers} (the cache holds the "
                                  f"teacher on ground-truth responses), not {self.method!r}")
         # fail at construction, not at epoch 1 after an epoch of training
         from .data import DATASETS, PROMPT_STYLES
         from .losses import canonical_loss_name
         from .tasks import TASK_FILES
-        from .updater import MODES, SCHEDULES
+        from .updater import SCHEDULES, SELECTION_MODES
 
         loss = canonical_loss_name(self.loss)  # ValueError listing the valid names
-        if self.method in METHOD_LOSSES:
-            valid = METHOD_LOSSES[self.method]
+        if declared.losses:
+            valid = declared.losses
             if loss == "bdl":  # the field's default: the method's own loss
                 self.loss = loss = valid[0]
             if loss not in valid:
@@ -142,7 +145,7 @@ class DistillConfig:
         if self.dataset not in train_sets:
             raise ValueError(f"dataset must be one of {train_sets} (a set with a train split), "
                              f"got {self.dataset!r}")
-        for name, value, valid in (("selection", self.selection, MODES), ("schedule", self.schedule, SCHEDULES),
+        for name, value, valid in (("selection", self.selection, tuple(SELECTION_MODES)), ("schedule", self.schedule, SCHEDULES),
                                    ("prompt_style", self.prompt_style, PROMPT_STYLES)):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {value!r}")

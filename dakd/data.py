@@ -16,6 +16,7 @@ Decisions the paper leaves open, made here:
 - Loss masks are built from lengths, never from token values: SmolLM2 has pad == eos.
 """
 
+import hashlib
 import json
 import os
 import random
@@ -64,7 +65,9 @@ class DataError(ValueError):
     (line 1-based; the field part only where one field is at fault)."""
 
 
-def _fail(path, line, problem, field=None):
+def data_error(path, line, problem, field=None):
+    """The `DataError` (returned, for the caller to raise) for ``problem`` at ``path``:``line``
+    (1-based; None for the whole file), naming ``field`` when one field is at fault."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     what = f"field '{field}': {problem}" if field else problem
     return DataError(f"{where}: {what}")
@@ -95,18 +98,24 @@ def data_dir() -> Path:
         + ". Set DAKD_DATA_DIR to the folder holding dolly/, sinst/, ... (see its README.md)")
 
 
-def _check_str(path, line, field, value, allow_list=False):
+def check_str(path, line, field, value, allow_list=False):
+    """Check that a record's ``field`` holds a string (or, with ``allow_list``, a non-empty list of
+    strings).
+
+    Raises:
+        DataError: another type, naming the file, line and field.
+    """
     if isinstance(value, str):
         return
     if allow_list and isinstance(value, list):
         if not value:
-            raise _fail(path, line, "expected a non-empty list of str, got []", field)
+            raise data_error(path, line, "expected a non-empty list of str, got []", field)
         bad = [type(v).__name__ for v in value if not isinstance(v, str)]
         if bad:
-            raise _fail(path, line, f"expected a list of str, got a list holding {bad[0]}", field)
+            raise data_error(path, line, f"expected a list of str, got a list holding {bad[0]}", field)
         return
     want = "str or list of str" if allow_list else "str"
-    raise _fail(path, line, f"expected {want}, got {type(value).__name__}", field)
+    raise data_error(path, line, f"expected {want}, got {type(value).__name__}", field)
 
 
 def read_json_objects(path):
@@ -125,7 +134,7 @@ def read_json_objects(path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise _fail(path, n, f"not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}"
+                raise data_error(path, n, f"not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}"
                                      " of the line)") from None
             if n == 1:
                 text = text.removeprefix("\ufeff")
@@ -133,14 +142,14 @@ def read_json_objects(path):
                 blank = blank or n  # fine if only blank lines follow (trailing newlines)
                 continue
             if blank is not None:
-                raise _fail(path, blank, "blank line inside the file (only trailing blank lines "
+                raise data_error(path, blank, "blank line inside the file (only trailing blank lines "
                                          "are allowed)")
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise _fail(path, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
+                raise data_error(path, n, f"not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise _fail(path, n, f"expected a JSON object, got {type(obj).__name__}")
+                raise data_error(path, n, f"expected a JSON object, got {type(obj).__name__}")
             yield n, obj
 
 
@@ -169,16 +178,16 @@ def load_jsonl(path, required=("instruction", "output"), allow_list_output=False
     for n, obj in read_json_objects(path):
         for key in required:
             if key not in obj:
-                raise _fail(path, n, "missing", key)
+                raise data_error(path, n, "missing", key)
         for key in ("instruction", "input", "prompt"):
             if key in obj:
-                _check_str(path, n, key, obj[key])
+                check_str(path, n, key, obj[key])
         if "output" in obj:
-            _check_str(path, n, "output", obj["output"], allow_list=allow_list_output)
+            check_str(path, n, "output", obj["output"], allow_list=allow_list_output)
         records.append({"instruction": obj.get("instruction", ""), "input": obj.get("input", ""),
                         "output": obj.get("output", ""), "line": n, "file": str(path)})
     if not records:
-        raise _fail(path, None, "no records (the file is empty or holds only blank lines)")
+        raise data_error(path, None, "no records (the file is empty or holds only blank lines)")
     return records
 
 
@@ -315,7 +324,7 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
     report = FilterReport(loaded=len(records))
     for r in records:
         if not isinstance(r["output"], str):
-            raise _fail(r.get("file", "<records>"), r.get("line"),
+            raise data_error(r.get("file", "<records>"), r.get("line"),
                         "training needs a single reference, got a list", "output")
     live = [i for i, r in enumerate(records) if r["output"].strip()]
     report.empty_response = len(records) - len(live)
@@ -343,6 +352,15 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
                          "index": len(examples)})
     report.kept = len(examples)
     return examples, report
+
+
+def examples_hash(examples: list[dict]) -> str:
+    """Short sha256 (16 hex digits) of tokenized examples (sample id, prompt length, token ids), in
+    order: a resume, the top-k cache and CE_teacher caches must see the same samples."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e["sample_id"], e["prompt_length"], e["input_ids"]]).encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass

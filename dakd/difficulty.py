@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DistillCollator
+from .io import save_tensor
 from .models import response_logits, weights_fingerprint
 
 
@@ -129,16 +129,6 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
         # every process filled a disjoint set of positions; a sum reassembles the full vector
         out = accelerator.reduce(out.to(device), reduction="sum").cpu()
     return out
-
-
-def save_tensor(t: torch.Tensor, path: str | Path) -> None:
-    """``torch.save`` through a temporary file and a rename, so a killed run never leaves half a
-    file where a later run would read it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(t, tmp)
-    os.replace(tmp, path)
 
 
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,

@@ -15,6 +15,7 @@ than autograd over the same formulas and than TRL's generalized JSD, at a fracti
 """
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -322,20 +323,90 @@ def bdl_per_token(student_logits, teacher_logits, mask=None, lam=0.9, chunk_size
     return _per_token(kernel, student_logits, teacher_logits, mask, chunk_size)
 
 
-forward_kl = _scalar(forward_kl_per_token)
-reverse_kl = _scalar(reverse_kl_per_token)
-js_divergence = _scalar(js_divergence_per_token)
-tv_distance = _scalar(tv_distance_per_token)
-skew_kl = _scalar(skew_kl_per_token)
-skew_reverse_kl = _scalar(skew_reverse_kl_per_token)
-bdl = _scalar(bdl_per_token)
+# ---- the registry ------------------------------------------------------------------------------
+# Every loss the training loop can use is declared once here: its per-token function, the config
+# field that holds its weight (passed to the function under the same name), the paper's short label
+# and its aliases. `register_loss` is the one way to add one; the training loop, config validation,
+# run labels and the top-k cache all read this table.
 
-LOSSES = {fn.__name__: fn for fn in (forward_kl, reverse_kl, js_divergence, tv_distance, skew_kl,
-                                     skew_reverse_kl, bdl)}
-PER_TOKEN_LOSSES = {name: fn.__wrapped__ for name, fn in LOSSES.items()}
-ALIASES = {"kl": "forward_kl", "fkl": "forward_kl", "rkl": "reverse_kl", "js": "js_divergence",
-           "jsd": "js_divergence", "tvd": "tv_distance", "skl": "skew_kl",
-           "srkl": "skew_reverse_kl"}
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One registered loss.
+
+    name: canonical name (``cfg.loss``); per_token: ``fn(student_logits, teacher_logits, mask,
+    **{weight: value}) -> [B, T]`` float nats, 0 off the mask, differentiable in the student logits
+    (plain autograd is enough; the closed-form kernels above are the optional fast path); weight:
+    the `dakd.config.DistillConfig` field with its weight ("lam", "alpha", "beta") or None; label:
+    the paper's short name (Tables 1, 5); aliases: other accepted names (lower case)."""
+    name: str
+    per_token: object
+    weight: str | None
+    label: str
+    aliases: tuple[str, ...] = ()
+
+
+LOSS_SPECS: dict[str, LossSpec] = {}
+LOSSES: dict = {}
+PER_TOKEN_LOSSES: dict = {}
+ALIASES: dict[str, str] = {}
+
+
+def register_loss(name: str, per_token, *, label: str, weight: str | None = None,
+                  aliases: tuple[str, ...] = ()) -> LossSpec:
+    """Declare a training loss (the one registry line a new loss needs).
+
+    Args:
+        name: canonical name, lower case; becomes a valid ``DistillConfig.loss``.
+        per_token: ``fn(student_logits [B, T, V], teacher_logits [B, T, V], mask [B, T] bool or None,
+            **params) -> [B, T]`` nats per token, 0 off the mask. Any differentiable torch code
+            works; logits may be ``[1, M, V]`` response rows (the loop passes those).
+        label: the paper's short name (e.g. "BDL"), used in run labels and tables.
+        weight: the config field holding the loss's weight, passed as a keyword of the same name.
+        aliases: other names accepted for it.
+
+    Returns:
+        The `LossSpec`; the scalar form (mean over masked tokens) is added to ``LOSSES``.
+
+    Raises:
+        ValueError: the name or an alias is taken, or ``weight`` is not a config field that
+            holds a float weight ("lam", "alpha", "beta").
+    """
+    name = name.lower()
+    taken = set(LOSS_SPECS) | set(ALIASES)
+    clash = [a for a in (name, *aliases) if a in taken]
+    if clash:
+        raise ValueError(f"loss names already registered: {clash}")
+    if weight not in (None, "lam", "alpha", "beta"):
+        raise ValueError(f"weight must be None or one of the config fields lam, alpha, beta, got {weight!r}")
+    spec = LossSpec(name, per_token, weight, label, tuple(a.lower() for a in aliases))
+    LOSS_SPECS[name] = spec
+    PER_TOKEN_LOSSES[name] = per_token
+    LOSSES[name] = _scalar(per_token)
+    LOSSES[name].__name__ = name
+    ALIASES.update({a: name for a in spec.aliases})
+    return spec
+
+
+def unregister_loss(name: str) -> None:
+    """Remove a registered loss and its aliases (for tests that register a toy loss)."""
+    spec = LOSS_SPECS.pop(name)
+    PER_TOKEN_LOSSES.pop(name)
+    LOSSES.pop(name)
+    for a in spec.aliases:
+        ALIASES.pop(a, None)
+
+
+register_loss("forward_kl", forward_kl_per_token, label="KL", aliases=("kl", "fkl"))
+register_loss("reverse_kl", reverse_kl_per_token, label="RKL", aliases=("rkl",))
+register_loss("js_divergence", js_divergence_per_token, label="JSD", weight="beta", aliases=("js", "jsd"))
+register_loss("tv_distance", tv_distance_per_token, label="TVD", aliases=("tvd",))
+register_loss("skew_kl", skew_kl_per_token, label="SKL", weight="alpha", aliases=("skl",))
+register_loss("skew_reverse_kl", skew_reverse_kl_per_token, label="SRKL", weight="alpha", aliases=("srkl",))
+register_loss("bdl", bdl_per_token, label="BDL", weight="lam")
+forward_kl, reverse_kl, js_divergence, tv_distance, skew_kl, skew_reverse_kl, bdl = (
+    LOSSES[k] for k in ("forward_kl", "reverse_kl", "js_divergence", "tv_distance", "skew_kl",
+                        "skew_reverse_kl", "bdl"))
 
 
 def canonical_loss_name(name):
@@ -358,3 +429,14 @@ def get_loss(name):
 def get_per_token_loss(name):
     """Per-token ([B, T]) loss function for a name or alias; ValueError if unknown."""
     return PER_TOKEN_LOSSES[canonical_loss_name(name)]
+
+
+def loss_spec(name) -> LossSpec:
+    """The `LossSpec` of a name or alias; ValueError if unknown."""
+    return LOSS_SPECS[canonical_loss_name(name)]
+
+
+def loss_params(cfg) -> dict:
+    """The keyword arguments of ``cfg.loss`` from the config: {weight field: its value}, or {}."""
+    spec = loss_spec(cfg.loss)
+    return {} if spec.weight is None else {spec.weight: getattr(cfg, spec.weight)}

@@ -18,12 +18,12 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from .io import atomic_folder
 
 DEFAULT_TEACHER = "smollm2-135m-instruct"
 DEFAULT_STUDENT = "smollm2-student-l6"
@@ -40,22 +40,6 @@ def cache_dir() -> Path:
     root = Path(env) if env else Path(__file__).resolve().parents[1] / ".cache" / "dakd"
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def _atomic_save(build, out: Path) -> Path:
-    """Write a checkpoint folder through a temporary sibling and a rename, so an interrupted build
-    never leaves a half-written folder that later loads would trust."""
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def gguf_path() -> Path:
@@ -98,7 +82,7 @@ def build_default_teacher() -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _atomic_save(build, cache_dir() / "models" / DEFAULT_TEACHER)
+    return atomic_folder(build, cache_dir() / "models" / DEFAULT_TEACHER)
 
 
 def build_layer_subset_student(teacher: str | Path = DEFAULT_TEACHER, layers=STUDENT_LAYERS,
@@ -130,7 +114,7 @@ def build_layer_subset_student(teacher: str | Path = DEFAULT_TEACHER, layers=STU
         s.save_pretrained(tmp)
         load_tokenizer(teacher).save_pretrained(tmp)
 
-    return _atomic_save(build, cache_dir() / "models" / name)
+    return atomic_folder(build, cache_dir() / "models" / name)
 
 
 def build_narrow_student(teacher: str | Path = DEFAULT_TEACHER, hidden_size: int = 256,
@@ -151,7 +135,7 @@ def build_narrow_student(teacher: str | Path = DEFAULT_TEACHER, hidden_size: int
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         load_tokenizer(teacher).save_pretrained(tmp)
 
-    return _atomic_save(build, cache_dir() / "models" / name)
+    return atomic_folder(build, cache_dir() / "models" / name)
 
 
 TINY_TEACHER, TINY_STUDENT = "tiny-teacher", "tiny-student"
@@ -173,7 +157,7 @@ def build_tiny(name: str, num_layers: int, hidden_size: int = 32, seed: int = 0)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _atomic_save(build, cache_dir() / "models" / name)
+    return atomic_folder(build, cache_dir() / "models" / name)
 
 
 _BUILDERS = {DEFAULT_TEACHER: build_default_teacher, DEFAULT_STUDENT: build_layer_subset_student,

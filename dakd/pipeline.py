@@ -19,59 +19,29 @@ import time
 from pathlib import Path
 
 from .config import DistillConfig, run_metadata
-from .train import write_json
+from .io import write_json
+from .losses import loss_spec
+from .methods import run_label
 
-METHOD_LABELS = {"teacher": "Teacher", "sft": "SFT", "seqkd": "SeqKD", "gkd": "GKD", "distillm": "DistiLLM"}
-# the paper's short loss names (Tables 1 and 5), by canonical loss name
-LOSS_LABELS = {"forward_kl": "KL", "reverse_kl": "RKL", "js_divergence": "JSD", "skew_kl": "SKL",
-               "skew_reverse_kl": "SRKL", "bdl": "BDL", "tv_distance": "TVD"}
-# Table 4's names of the DiffUp variants (METHOD.md 3), by selection mode
-SELECTION_LABELS = {"random": "w/o DDS", "top": "w/o SDU", "full": "w/o DiffUp"}
-# DA-KD's settings in the paper (METHOD.md 5); a run differing from them says so in its label
-DAKD_DEFAULTS = {"loss": "bdl", "selection": "dds", "lam": 0.9, "tau": 0.1, "schedule": "cosine"}
 
 
 def loss_label(loss: str) -> str:
-    """The paper's short name of a loss (KL, RKL, JSD, SKL, SRKL, BDL, TVD); aliases resolved.
+    """The paper's short name of a loss (KL, RKL, JSD, SKL, SRKL, BDL, TVD), from its registration
+    (`dakd.losses.register_loss`); aliases resolved.
 
     Raises:
         ValueError: unknown loss name.
     """
-    from .losses import canonical_loss_name
-
-    return LOSS_LABELS[canonical_loss_name(loss)]
+    return loss_spec(loss).label
 
 
 def method_label(cfg: DistillConfig) -> str:
-    """Row name in the paper's tables.
-
-    Teacher (method "teacher", or an "sft" run whose student is the teacher model: the paper's
-    teacher-SFT stage, whose evaluation is the fine-tuned teacher's), SFT, SeqKD, GKD, DistiLLM,
-    KD-KL, KD-RKL (KD-JSD ... for other losses), and DA-KD; a DA-KD run that departs from the
-    paper's settings lists how, in Table 4/5 and sweep terms: "DA-KD (w/o DDS)", "(w/o SDU)",
-    "(w/o DiffUp)", "(KL)" ... "(SRKL)", "(lambda=0.7)", "(tau=0.3)", "(linear schedule)",
-    joined by ", " when several differ.
+    """Row name in the paper's tables, from the method's declaration (`dakd.methods.run_label`).
 
     Raises:
         ValueError: a method without a row name.
     """
-    if cfg.method == "sft" and cfg.student == cfg.teacher:
-        return "Teacher"
-    if cfg.method == "kd":
-        return f"KD-{loss_label(cfg.loss)}"
-    if cfg.method == "dakd":
-        extra = [] if cfg.selection == "dds" else [SELECTION_LABELS.get(cfg.selection, f"{cfg.selection} selection")]
-        extra += [] if loss_label(cfg.loss) == "BDL" else [loss_label(cfg.loss)]
-        if loss_label(cfg.loss) == "BDL" and cfg.lam != DAKD_DEFAULTS["lam"]:
-            extra.append(f"lambda={cfg.lam:g}")
-        if cfg.tau != DAKD_DEFAULTS["tau"] and cfg.selection == "dds":
-            extra.append(f"tau={cfg.tau:g}")
-        if cfg.schedule != DAKD_DEFAULTS["schedule"] and cfg.selection != "full":
-            extra.append(f"{cfg.schedule} schedule")
-        return "DA-KD" + (f" ({', '.join(extra)})" if extra else "")
-    if cfg.method not in METHOD_LABELS:
-        raise ValueError(f"no table row name for method {cfg.method!r}")
-    return METHOD_LABELS[cfg.method]
+    return run_label(cfg)
 
 
 def teacher_run(cfg: DistillConfig) -> dict | None:

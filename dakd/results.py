@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .methods import METHODS
+
 # the paper's Table 1 rows, in its order
 PAPER_METHODS = ("Teacher", "SFT", "KD-KL", "KD-RKL", "SeqKD", "GKD", "DistiLLM", "DA-KD")
 NAN = float("nan")
@@ -63,7 +65,7 @@ def paper_dolly(student: str) -> dict[str, float]:
     return paper_table1(student, "Dolly")
 
 
-_ORDER = {"teacher": 0, "sft": 1, "kd": 2, "seqkd": 3, "gkd": 4, "distillm": 5, "dakd": 6}
+_ORDER = {name: i for i, name in enumerate(METHODS)}  # the declarations' order: the paper's rows
 
 
 def collect(root: str | Path) -> dict[str, dict]:
@@ -212,7 +214,8 @@ def _iterations(r: dict | None) -> float:
 def _dakd_variant(vary: str):
     """Key function for DA-KD runs that keep the paper's DA-KD settings except ``vary``: returns
     that field's value (the loss by its paper short name), or None for any other run."""
-    from .pipeline import DAKD_DEFAULTS, loss_label
+    from .methods import DAKD_DEFAULTS
+    from .pipeline import loss_label
 
     def key(r: dict):
         c = _cfg(r)

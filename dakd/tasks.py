@@ -142,8 +142,8 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
     for n, obj in D.read_json_objects(path):
         for key in _TASK_FIELDS[name]:
             if key not in obj:
-                raise D._fail(path, n, "missing", key)
-            D._check_str(path, n, key, obj[key])
+                raise D.data_error(path, n, "missing", key)
+            D.check_str(path, n, key, obj[key])
         if name == "samsum":
             rec = {"instruction": SAMSUM_INSTRUCTION, "input": obj["dialogue"], "output": obj["summary"],
                    "id": obj["id"]}
@@ -151,13 +151,13 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
             try:
                 gold = gsm8k_gold(obj["answer"])
             except ValueError as e:
-                raise D._fail(path, n, str(e), "answer") from None
+                raise D.data_error(path, n, str(e), "answer") from None
             rec = {"instruction": obj["question"], "input": "", "output": obj["answer"], "answer": gold}
         records.append(rec | {"line": n, "file": str(path)})
         if limit is not None and len(records) == limit:
             break
     if not records:
-        raise D._fail(path, None, "no records (the file is empty or holds only blank lines)")
+        raise D.data_error(path, None, "no records (the file is empty or holds only blank lines)")
     return records
 
 

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import DistillCollator
-from .difficulty import save_tensor
+from .data import examples_hash as data_hash
+from .io import save_tensor
 from .losses import get_per_token_loss
 
 FORMAT = "dakd-topk-teacher-cache/1"
@@ -48,14 +49,6 @@ class TopKCacheError(ValueError):
     """A top-k teacher cache file is unreadable (truncated, not a torch file), is not a dakd top-k
     cache, or was written for another teacher, data set, k, vocabulary or max_length; the message
     names the file. Delete the file to rebuild it."""
-
-
-def data_hash(examples: list[dict]) -> str:
-    """Short sha256 of tokenized examples (sample id, prompt length, token ids), 16 hex digits."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps([e["sample_id"], e["prompt_length"], e["input_ids"]]).encode())
-    return h.hexdigest()[:16]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 SCHEDULES = ("cosine", "linear", "constant")
-MODES = ("dds", "random", "top", "full")
 
 
 def selection_ratio(epoch: int, num_epochs: int, schedule: str = "cosine") -> float:
@@ -82,9 +81,59 @@ class Selection:
     threshold: float
 
 
+def _pick(pool: torch.Tensor, m: int, generator) -> torch.Tensor:
+    # uniform sample of m elements without replacement
+    return pool[torch.randperm(pool.numel(), generator=generator)[:m]]
+
+
+def _sdu(high, low, k, n, tau, generator):
+    n_low = min(_round_half_up(tau * k), low.numel())
+    return torch.cat([_pick(high, k - n_low, generator), _pick(low, n_low, generator)])
+
+
+@dataclass(frozen=True)
+class SelectionMode:
+    """One DiffUp selection rule (Algorithm 1 and its Table 4 ablations), declared once.
+
+    name: ``DistillConfig.selection``; label: how a run label names the ablation (None for the
+    paper's own rule); uses_scores: whether it reads DDS (else the trainer skips the scoring pass);
+    shrinks: whether the epoch's subset follows r(e) (False: all N samples every epoch); pick:
+    ``fn(high [k] int64, low [N-k] int64, k, N, tau, generator) -> chosen ids`` (any order), where
+    ``high`` holds the k highest-DDS ids in rank order and ``low`` the rest; every random draw goes
+    through ``generator``."""
+    name: str
+    label: str | None
+    uses_scores: bool
+    shrinks: bool
+    pick: object
+
+
+SELECTION_MODES: dict[str, SelectionMode] = {}
+
+
+def register_selection(mode: SelectionMode) -> SelectionMode:
+    """Declare a selection rule (``cfg.selection`` then accepts its name).
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if mode.name in SELECTION_MODES:
+        raise ValueError(f"selection mode {mode.name!r} is already registered")
+    SELECTION_MODES[mode.name] = mode
+    return mode
+
+
+register_selection(SelectionMode("dds", None, True, True, _sdu))
+register_selection(SelectionMode("random", "w/o DDS", False, True,
+                                 lambda high, low, k, n, tau, g: torch.randperm(n, generator=g)[:k]))
+register_selection(SelectionMode("top", "w/o SDU", True, True, lambda high, low, k, n, tau, g: high))
+register_selection(SelectionMode("full", "w/o DiffUp", False, False, lambda high, low, k, n, tau, g: torch.arange(n)))
+MODES = tuple(SELECTION_MODES)  # the four built-in modes, in Table 4's order
+
+
 def _check(scores: torch.Tensor, ratio: float, tau: float, mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(SELECTION_MODES)}")
     if scores.dim() != 1 or scores.numel() == 0:
         raise ValueError(f"scores must be a non-empty 1-D tensor, got shape {tuple(scores.shape)}")
     if torch.isnan(scores).any():
@@ -93,11 +142,6 @@ def _check(scores: torch.Tensor, ratio: float, tau: float, mode: str) -> None:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
-
-
-def _pick(pool: torch.Tensor, m: int, generator) -> torch.Tensor:
-    # uniform sample of m elements without replacement
-    return pool[torch.randperm(pool.numel(), generator=generator)[:m]]
 
 
 def stratified_update_with_info(scores: torch.Tensor, ratio: float, tau: float = 0.1,
@@ -127,16 +171,7 @@ def stratified_update_with_info(scores: torch.Tensor, ratio: float, tau: float =
     order = torch.sort(scores, descending=True, stable=True).indices
     high, low = order[:k], order[k:]
 
-    if mode == "dds":
-        n_low = min(_round_half_up(tau * k), low.numel())
-        chosen = torch.cat([_pick(high, k - n_low, generator), _pick(low, n_low, generator)])
-    elif mode == "random":
-        chosen = torch.randperm(n, generator=generator)[:k]
-    elif mode == "top":
-        chosen = high
-    else:
-        chosen = torch.arange(n)
-
+    chosen = SELECTION_MODES[mode].pick(high, low, k, n, tau, generator)
     in_high = torch.zeros(n, dtype=torch.bool)
     in_high[high] = True
     n_high = int(in_high[chosen].sum())

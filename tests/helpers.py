@@ -28,3 +28,28 @@ def record_model_loads(monkeypatch, module) -> list[str]:
         return real(name, *a, **kw)
     monkeypatch.setattr(module, "load_model", spy)
     return loaded
+
+
+def wrap_objectives(monkeypatch, wrap) -> None:
+    """Route every objective call of the training loop through ``wrap(call, student, batch,
+    sample_ids) -> (per_tok, teacher_rows)``, where ``call(student, batch, sample_ids)`` is the real
+    objective (`dakd.methods.objectives`): to spy on the micro-batches or corrupt their losses."""
+    from dakd.methods import objectives
+
+    for cls in set(objectives.OBJECTIVES.values()):
+        real = cls.__call__
+
+        def patched(self, student, batch, sample_ids, _real=real):
+            return wrap(lambda s, b, i: _real(self, s, b, i), student, batch, sample_ids)
+        monkeypatch.setattr(cls, "__call__", patched)
+
+
+def spy_batches(monkeypatch) -> list[dict]:
+    """Record every micro-batch the training loop's objective sees (collated dicts, in order)."""
+    seen: list[dict] = []
+
+    def wrap(call, student, batch, sample_ids):
+        seen.append(batch)
+        return call(student, batch, sample_ids)
+    wrap_objectives(monkeypatch, wrap)
+    return seen

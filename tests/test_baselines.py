@@ -20,7 +20,7 @@ from dakd import tasks as TK
 from dakd.config import DistillConfig
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model, load_tokenizer
 from dakd.presets import get_preset
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, spy_batches, weights
 
 EOS = 2  # SmolLM2: eos == pad == 2
 
@@ -53,10 +53,9 @@ def _spy(monkeypatch, module, name):
 
 
 def _trained_responses(batches):
-    """The response-token sequences (under the response mask) of the batches seen by token_losses."""
+    """The response-token sequences (under the response mask) of the batches the objective saw."""
     seqs = []
-    for a, _, _ in batches:
-        b = a[3]
+    for b in batches:
         for ids, m, att in zip(b["input_ids"], b["response_mask"], b["attention_mask"]):
             if att.sum() and m.any():
                 seqs.append(tuple(ids[m].tolist()))
@@ -161,7 +160,7 @@ def test_seqkd_cache_is_written_once_and_reused_and_training_uses_the_teachers_t
     cfg = _cfg(tmp_path, "seqkd", epochs=1)
     gens = _spy(monkeypatch, B, "sample_responses")
     loaded = _spy(monkeypatch, T, "load_model")
-    batches = _spy(monkeypatch, T, "token_losses")
+    batches = spy_batches(monkeypatch)
     log = T.train(cfg)
     assert len(gens) == 1 and [str(a[0]) for a, _, _ in loaded] == [TINY_TEACHER, TINY_STUDENT]
     files = sorted(seqkd_cache.glob("*.jsonl"))
@@ -209,7 +208,7 @@ def test_seqkd_drops_and_counts_empty_generations(tmp_path, seqkd_cache, monkeyp
 @pytest.mark.parametrize("fraction", [1.0, 0.0])
 def test_gkd_student_data_fraction_one_generates_every_batch_and_zero_never(tmp_path, monkeypatch, fraction):
     gens = _spy(monkeypatch, B, "sample_responses")
-    batches = _spy(monkeypatch, T, "token_losses")
+    batches = spy_batches(monkeypatch)
     log = T.train(_cfg(tmp_path, "gkd", student_data_fraction=fraction))
     assert log["config"]["loss"] == "js_divergence"
     steps = [e["steps"] for e in log["epochs"]]
@@ -224,9 +223,9 @@ def test_gkd_student_data_fraction_one_generates_every_batch_and_zero_never(tmp_
         assert Counter(_trained_responses(batches)) == generated
         assert log["cost"]["response_tokens_seen"] == sum(len(g) * c for g, c in generated.items())
         assert all(len(g) <= 6 for g in generated)
-    # the loss is the generalized JSD with beta
-    a, k, _ = batches[0]
-    assert a[0].beta == 0.5 and T._loss_params(a[0]) == {"beta": 0.5}
+    # the loss is the generalized JSD with beta: the objective the loop built says so
+    objective = T.build_parts(SimpleNamespace(cfg=DistillConfig.from_dict(log["config"]), rank=0, world=1))[2]
+    assert (objective.loss, objective.params) == ("js_divergence", {"beta": 0.5})
 
 
 # ---------------------------------------------------------------- DistiLLM
@@ -263,15 +262,15 @@ class _Interrupted(Exception):
 def test_gkd_and_distillm_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch, method, kw):
     cfg = _cfg(tmp_path, method, save_checkpoints=True, **kw)
     ref = T.train(cfg.replace(output_dir=str(tmp_path / "ref")))
-    real = T._save_checkpoint
+    real = T.save_checkpoint
 
     def save_then_die(*a, **k):
         real(*a, **k)
         raise _Interrupted
-    monkeypatch.setattr(T, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
     with pytest.raises(_Interrupted):
         T.train(cfg)
-    monkeypatch.setattr(T, "_save_checkpoint", real)
+    monkeypatch.setattr(T, "save_checkpoint", real)
     log = T.train(cfg)
     keys = ("generated_batches", "replay_batches", "p_sgo", "subset_ids", "mean_loss")
     assert [[e.get(k) for k in keys] for e in log["epochs"]] == [[e.get(k) for k in keys] for e in ref["epochs"]]

@@ -11,7 +11,8 @@ import textwrap
 
 import dakd
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(dakd.__path__) if not m.name.startswith("_"))
+MODULES = sorted(m.name.removeprefix("dakd.") for m in pkgutil.walk_packages(dakd.__path__, "dakd.")
+                 if not m.name.rsplit(".", 1)[-1].startswith("_"))
 # parameter names that hold tensors: their docstring must give a shape "[...]"
 TENSOR_PARAMS = re.compile(r"(logits|mask|input_ids|scores|_ce$|^ce$)")
 
@@ -38,7 +39,7 @@ def _names():
 
 def raised(fn) -> set[str]:
     """Exception classes a function raises in its own body (nested functions and lambdas aside);
-    ``raise D._fail(...)`` counts as DataError."""
+    ``raise D.data_error(...)`` counts as DataError."""
     try:
         src = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
@@ -58,7 +59,7 @@ def raised(fn) -> set[str]:
         def visit_Raise(self, node):
             e = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
             name = e.id if isinstance(e, ast.Name) else e.attr if isinstance(e, ast.Attribute) else None
-            if name == "_fail":
+            if name == "data_error":
                 names.add("DataError")
             elif name and name[0].isupper():
                 names.add(name)

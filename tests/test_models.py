@@ -7,6 +7,7 @@ import torch
 from dakd import data as D
 from dakd import models as M
 from dakd.evaluate import generate
+from dakd.io import atomic_folder
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +87,9 @@ def test_check_pair_returns_the_smaller_head_when_one_has_padding_rows(smol_tok)
     assert M.check_pair(smol_tok, smol_tok, padded, padded) == 49216
 
 
-# ---------------------------------------------------------------- _atomic_save
+# ---------------------------------------------------------------- atomic_folder (dakd.io)
 
-def test_atomic_save_leaves_nothing_when_the_build_fails(tmp_path):
+def test_atomic_folder_leaves_nothing_when_the_build_fails(tmp_path):
     out = tmp_path / "models" / "m"
 
     def broken(tmp):
@@ -96,16 +97,16 @@ def test_atomic_save_leaves_nothing_when_the_build_fails(tmp_path):
         (tmp / "sub").mkdir()
         raise KeyboardInterrupt  # even an interrupt, not only an Exception
     with pytest.raises(KeyboardInterrupt):
-        M._atomic_save(broken, out)
+        atomic_folder(broken, out)
     assert not out.exists()
     assert list((tmp_path / "models").iterdir()) == []
 
     def good(tmp):
         (tmp / "config.json").write_text('{"ok": 1}')
-    assert M._atomic_save(good, out) == out
+    assert atomic_folder(good, out) == out
     assert (out / "config.json").read_text() == '{"ok": 1}'
     # an existing folder is trusted and never rebuilt
-    assert M._atomic_save(broken, out) == out
+    assert atomic_folder(broken, out) == out
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]
 
 

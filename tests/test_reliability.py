@@ -20,10 +20,10 @@ import torch
 import dakd.train as T
 from dakd import data as D
 from dakd import models as M
-from dakd import pipeline
+from dakd import pipeline, runstate
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model
 from dakd.presets import get_preset
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, weights, wrap_objectives
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "data"
@@ -215,14 +215,12 @@ def spied_training(monkeypatch):
 
 
 def test_nan_loss_stops_the_run_naming_step_and_samples_before_stepping(tmp_path, monkeypatch, spied_training):
-    real = T.token_losses
-
-    def nan_at_step_2(cfg, student, teacher, batch, vocab, *rest):
+    def nan_at_step_2(call, student, batch, ids):
         spied_training["batches"].append(batch["sample_id"].tolist())
-        per_tok, t = real(cfg, student, teacher, batch, vocab, *rest)
+        per_tok, t = call(student, batch, ids)
         # micro-batches of 2 in global batches of 4: the 6th call is step 2's second micro-batch
         return (per_tok * float("nan"), t) if len(spied_training["batches"]) == 6 else (per_tok, t)
-    monkeypatch.setattr(T, "token_losses", nan_at_step_2)
+    wrap_objectives(monkeypatch, nan_at_step_2)
     # without length grouping the batches run in order, all of 4 but the last
     cfg = _tiny("sft", tmp_path, epochs=1, group_by_length=False)
     with pytest.raises(T.NonFiniteLossError) as e:
@@ -241,14 +239,12 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_optimizer_steps(t
                                                                               spied_training):
     # regression: only the loss was checked, so a gradient that overflowed in backward (finite
     # loss, inf/nan gradient: half precision) was clipped into nan weights by opt.step()
-    real = T.token_losses
-
-    def nan_gradient(cfg, student, teacher, batch, vocab, *rest):
+    def nan_gradient(call, student, batch, ids):
         spied_training["batches"].append(batch["sample_id"].tolist())
-        per_tok, t = real(cfg, student, teacher, batch, vocab, *rest)
+        per_tok, t = call(student, batch, ids)
         per_tok.register_hook(lambda g: g * float("nan"))
         return per_tok, t
-    monkeypatch.setattr(T, "token_losses", nan_gradient)
+    wrap_objectives(monkeypatch, nan_gradient)
     cfg = _tiny("sft", tmp_path, epochs=1, group_by_length=False)
     initial = weights(TINY_STUDENT)
     with pytest.raises(T.NonFiniteLossError) as e:
@@ -330,7 +326,9 @@ def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_checkpoin
     monkeypatch.setattr(os, "replace", real_replace)
     loaded = []
     real_load = T.load_model
-    monkeypatch.setattr(T, "load_model", lambda name, *a, **k: (loaded.append(Path(name)), real_load(name, *a, **k))[1])
+    for module in (T, runstate):  # the student (train), the checkpoint's student (runstate)
+        monkeypatch.setattr(module, "load_model", lambda name, *a, **k: (loaded.append(Path(name)),
+                                                                         real_load(name, *a, **k))[1])
     killed = tmp_path / "killed"
     assert not (killed / "checkpoint").exists() and (killed / "checkpoint.tmp").exists()
     assert len(json.loads((killed / "checkpoint.old" / "state.json").read_text())["epochs"]) == 1
@@ -349,17 +347,17 @@ def checkpointed(tmp_path_factory):
     """A tiny SFT run stopped right after epoch 0's checkpoint (config, output folder)."""
     root = tmp_path_factory.mktemp("ckpt")
     cfg = _tiny("sft", root, train_samples=8, epochs=2)
-    real = T._save_checkpoint
+    real = T.save_checkpoint
 
     def save_then_die(*a, **k):
         real(*a, **k)
         raise _Killed
-    T._save_checkpoint = save_then_die
+    T.save_checkpoint = save_then_die
     try:
         with pytest.raises(_Killed):
             T.train(cfg)
     finally:
-        T._save_checkpoint = real
+        T.save_checkpoint = real
     return cfg, Path(cfg.output_dir)
 
 

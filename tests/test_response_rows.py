@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import dakd.train as T
 from dakd import data as D
 from dakd.difficulty import predicting_positions, response_ce, response_ce_rows, score_dataset
-from dakd.losses import get_per_token_loss
+from dakd.losses import get_per_token_loss, loss_params
 from dakd.models import TINY_STUDENT, TINY_TEACHER, _row_head, load_model, response_logits
 from dakd.presets import get_preset
 
@@ -101,7 +101,7 @@ def test_token_losses_equal_the_full_logits_loss_in_value_and_gradient(pair, bat
     else:
         with torch.no_grad():
             t_full = teacher(input_ids=ids, attention_mask=attn).logits
-        ref = get_per_token_loss(cfg.loss)(s, t_full[:, :-1], mask, **T._loss_params(cfg))
+        ref = get_per_token_loss(cfg.loss)(s, t_full[:, :-1], mask, **loss_params(cfg))
     ref.sum().backward()
     ref_grads = [p.grad.clone() for p in student.parameters()]
 

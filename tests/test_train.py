@@ -16,7 +16,7 @@ from dakd.difficulty import score_dataset
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model, load_tokenizer
 from dakd.presets import get_preset
 from dakd.updater import dds_quantiles, selection_ratio, subset_size
-from helpers import assert_same_weights, record_model_loads, weights
+from helpers import assert_same_weights, record_model_loads, weights, wrap_objectives
 
 
 def _dakd_cfg(root, **kw):
@@ -180,15 +180,15 @@ class _Interrupted(Exception):
 def test_resume_after_interruption_matches_an_uninterrupted_run(dakd_run, tmp_path, monkeypatch):
     ref_cfg, ref = dakd_run
     cfg = ref_cfg.replace(output_dir=str(tmp_path / "resumed"))
-    real = T._save_checkpoint
+    real = T.save_checkpoint
 
     def save_then_die(*a, **k):
         real(*a, **k)
         raise _Interrupted  # killed right after epoch 0's checkpoint is on disk
-    monkeypatch.setattr(T, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
     with pytest.raises(_Interrupted):
         T.train(cfg)
-    monkeypatch.setattr(T, "_save_checkpoint", real)
+    monkeypatch.setattr(T, "save_checkpoint", real)
     state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
     assert len(state["epochs"]) == 1
     assert not (tmp_path / "resumed" / "train_log.json").exists()
@@ -232,12 +232,10 @@ def test_micro_batching_does_not_change_the_step(tmp_path, monkeypatch, smol_tok
 # ---------------------------------------------------------------- errors
 
 def test_non_finite_loss_stops_training_and_names_the_samples(tmp_path, monkeypatch):
-    real = T.token_losses
-
-    def nan_losses(*a, **k):
-        per_tok, t = real(*a, **k)
+    def nan_losses(call, student, batch, ids):
+        per_tok, t = call(student, batch, ids)
         return per_tok * float("nan"), t
-    monkeypatch.setattr(T, "token_losses", nan_losses)
+    wrap_objectives(monkeypatch, nan_losses)
     cfg = get_preset("tiny", root=str(tmp_path))["sft"].replace(train_samples=8, epochs=1)
     with pytest.raises(T.NonFiniteLossError, match="sample ids"):
         T.train(cfg)
