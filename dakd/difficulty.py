@@ -1,7 +1,8 @@
 """The distillation difficulty score, DDS (DA-KD Eq. 1), and the scorer that computes it.
 
-DDS(x) = CE_student(x) / (CE_teacher(x) + eps): both are the mean cross-entropy of the
-ground-truth response tokens under teacher forcing. High DDS means the teacher finds x easy while
+DDS(x) = CE_student(x) / max(CE_teacher(x), eps): both are the mean cross-entropy of the
+ground-truth response tokens under teacher forcing; eps is a floor, so a teacher CE above it (the
+paper's example: 0.0003 nats) gives exactly Eq. 1's ratio. High DDS means the teacher finds x easy while
 the student finds it hard, so x is worth distilling.
 
 The teacher is frozen, so CE_teacher is computed once per run (and cached on disk, keyed by the
@@ -75,11 +76,13 @@ def response_ce_rows(row_logits: torch.Tensor, input_ids: torch.Tensor, response
 
 
 def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """DDS = CE_student / (CE_teacher + eps) (paper Eq. 1).
+    """DDS = CE_student / max(CE_teacher, eps) (paper Eq. 1).
 
     Args:
         student_ce, teacher_ce: ``[N]`` nats per token, >= 0, same sample order.
-        eps: nats; the paper's own example has CE_teacher = 0.0003, so the denominator needs it.
+        eps: nats, a floor of the denominator (never added to it): a teacher CE of 0 gives
+            CE_student / eps, any teacher CE >= eps the paper's exact ratio (its Figure 3 example,
+            student 1.1055 / teacher 0.0003 = 3685, needs eps <= 0.0003).
 
     Returns:
         ``[N]`` float32, dimensionless.
@@ -94,7 +97,7 @@ def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: f
     for name, t in (("student_ce", student_ce), ("teacher_ce", teacher_ce)):
         if not torch.isfinite(t).all() or (t < 0).any():
             raise ValueError(f"{name} must be finite and >= 0")
-    return student_ce.float() / (teacher_ce.float() + eps)
+    return student_ce.float() / teacher_ce.float().clamp(min=eps)
 
 
 @torch.no_grad()

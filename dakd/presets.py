@@ -151,7 +151,8 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
                     add(name, variant.replace(loss=loss))
             tab["table5"] = list(TABLE5_LOSSES)
         if "lambda_sweep" in tables:
-            tab["lambda_sweep"] = [dakd if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(lam=lam))
+            tab["lambda_sweep"] = [dakd if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(
+                lam=lam, allow_degenerate_loss=lam == 0.5))  # 0.5: BDL is 0, the collapse the paper shows
                                    for lam in LAMBDAS]
         if "tau_sweep" in tables:
             tab["tau_sweep"] = [dakd if tau == dakd_cfg.tau else add(f"dakd_tau{_num(tau)}", variant.replace(tau=tau))
