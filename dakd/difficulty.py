@@ -102,8 +102,13 @@ def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: f
 
 @torch.no_grad()
 def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: int = 8,
-                  accelerator=None, desc: str = "scoring") -> torch.Tensor:
+                  accelerator=None, desc: str = "scoring", vocab: int | None = None) -> torch.Tensor:
     """Response CE of every example under ``model`` (no gradients), in example order.
+
+    ``vocab``: the shared vocabulary V of a teacher-student pair (`dakd.models.check_pair`): the CE
+    is taken over the softmax of logits ``[:, :V]``, as the losses and the top-k teacher cache do,
+    so a head with padding rows (Qwen2.5-7B: 152,064 rows for a 151,936 shared vocabulary) gives the
+    same CE_teacher on every path (issue 13). None: the model's whole head.
 
     Batches are formed from length-sorted examples (less padding); results are put back in the
     order of ``examples``. Logits are computed for the response rows only where the model allows
@@ -126,7 +131,7 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
         idx = mine[s:s + batch_size]
         b = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
         rows = response_logits(model, b["input_ids"], b["attention_mask"], predicting_positions(b["response_mask"]))
-        out[idx] = response_ce_rows(rows, b["input_ids"], b["response_mask"]).cpu()
+        out[idx] = response_ce_rows(rows[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
     model.train(was_training)
     if world > 1:
         # every process filled a disjoint set of positions; a sum reassembles the full vector
@@ -145,16 +150,21 @@ def save_tensor(t: torch.Tensor, path: str | Path) -> None:
 
 
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,
-                      teacher_name: str, batch_size: int = 8, accelerator=None) -> tuple[torch.Tensor, bool]:
+                      teacher_name: str, batch_size: int = 8, accelerator=None,
+                      vocab: int | None = None) -> tuple[torch.Tensor, bool]:
     """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
     scored the same token ids (the teacher is frozen), else computed and written. The teacher is
     identified by `dakd.models.weights_fingerprint` (a local folder retrained in place is another
-    teacher).
+    teacher). ``vocab``: the shared vocabulary, as `score_dataset`; a V smaller than the teacher's
+    head is part of the cache key (V equal to the head gives the same values as None).
 
     Returns:
         (``[N]`` float32 nats per token, whether it came from the cache).
     """
     h = hashlib.sha256(weights_fingerprint(teacher_name).encode())
+    head = model.get_output_embeddings().weight.shape[0]
+    if vocab is not None and vocab < head:
+        h.update(f"vocab={vocab}".encode())
     for ex in examples:
         h.update(json.dumps([ex["input_ids"], ex["prompt_length"]]).encode())
     path = Path(cache_folder) / f"teacher_ce_{h.hexdigest()[:16]}.pt"
@@ -162,7 +172,7 @@ def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_fold
         ce = torch.load(path, weights_only=True)
         if ce.shape == (len(examples),):
             return ce, True
-    ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE")
+    ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE", vocab=vocab)
     if accelerator is None or accelerator.is_main_process:
         save_tensor(ce, path)
     return ce, False

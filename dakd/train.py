@@ -502,11 +502,11 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                 tc0 = time.perf_counter()
                 teacher_ce, hit = teacher_ce_cached(teacher, examples, tok.pad_token_id,
                                                     cache_dir() / "teacher_ce", resolve_model(cfg.teacher),
-                                                    cfg.micro_batch_size, accelerator)
+                                                    cfg.micro_batch_size, accelerator, vocab=vocab)
                 state["cost"]["teacher_ce_seconds"] += time.perf_counter() - tc0
                 rec["teacher_ce_from_cache"] = hit
             student_ce = score_dataset(student, examples, tok.pad_token_id, cfg.micro_batch_size,
-                                       accelerator, desc=f"DDS epoch {epoch}")
+                                       accelerator, desc=f"DDS epoch {epoch}", vocab=vocab)
             scores = difficulty_scores(student_ce, teacher_ce, cfg.dds_eps)
             rec |= {"dds": dds_quantiles(scores), "student_ce": dds_quantiles(student_ce),
                     "teacher_ce": dds_quantiles(teacher_ce),
@@ -598,8 +598,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                     per_tok, t_logits = token_losses(cfg, student, teacher, b, vocab, topk,
                                                      [e["sample_id"] for e in mb])
                     if fill_teacher_ce and weight:
-                        teacher_ce_acc[[e["index"] for e in mb]] = response_ce_rows(
-                            t_logits, b["input_ids"], b["response_mask"]).cpu()
+                        teacher_ce_acc[[e["index"] for e in mb]] = response_ce_rows(  # shared vocabulary
+                            t_logits[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
                     del t_logits
                     # DDP averages gradients over processes; scaling by world undoes that so the
                     # step's gradient is the sum over the global batch divided by its token count
