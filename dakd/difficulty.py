@@ -155,15 +155,13 @@ def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_fold
     """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
     scored the same token ids (the teacher is frozen), else computed and written. The teacher is
     identified by `dakd.models.weights_fingerprint` (a local folder retrained in place is another
-    teacher). ``vocab``: the shared vocabulary, as `score_dataset`; a V smaller than the teacher's
-    head is part of the cache key (V equal to the head gives the same values as None).
+    teacher). ``vocab``: the shared vocabulary, as `score_dataset`; part of the cache key when given.
 
     Returns:
         (``[N]`` float32 nats per token, whether it came from the cache).
     """
     h = hashlib.sha256(weights_fingerprint(teacher_name).encode())
-    head = model.get_output_embeddings().weight.shape[0]
-    if vocab is not None and vocab < head:
+    if vocab is not None:
         h.update(f"vocab={vocab}".encode())
     for ex in examples:
         h.update(json.dumps([ex["input_ids"], ex["prompt_length"]]).encode())

@@ -454,6 +454,28 @@ def needed_runs(name: str, tables: list[str] | tuple[str, ...], root: str | None
     return [k for k in runs if k in want]
 
 
+# Upper bounds, minutes per run, for papermill's --execution-timeout (run_all.sh): measured here
+# (2 CPU cores) a tiny run takes well under a minute and a cpu / cpu-full run 1-9 minutes (training
+# plus evaluation, the machine shared); a paper run on 4 GPUs takes up to ~7 hours
+# (PAPER_PRESET_NEEDS: GKD on Dolly, scaled from the paper's Table 3). About 3x headroom.
+RUN_MINUTES_BOUND = {"tiny": 5, "tiny-full": 5, "cpu": 30, "cpu-full": 30}
+PAPER_RUN_MINUTES_BOUND = 24 * 60
+
+
+def notebook_timeout(name: str) -> int:
+    """Seconds papermill waits for one notebook cell of preset ``name`` before failing the run
+    (``--execution-timeout`` in run_all.sh; ``--notebook-timeout`` or ``$DAKD_NOTEBOOK_TIMEOUT``
+    override it). A table notebook trains all its missing runs in one cell, so the bound is the
+    preset's number of runs times its per-run bound (`RUN_MINUTES_BOUND`, else
+    `PAPER_RUN_MINUTES_BOUND`).
+
+    Raises:
+        ValueError: unknown preset.
+    """
+    runs = get_preset(name)
+    return int(60 * RUN_MINUTES_BOUND.get(name, PAPER_RUN_MINUTES_BOUND) * max(len(runs), 1))
+
+
 def write_papermill_params(name: str, folder: str | Path, root: str | None = None) -> list[Path]:
     """Write one papermill parameter file (YAML) per run; returns their paths.
 

@@ -397,3 +397,29 @@ def test_training_stores_the_shared_vocabulary_teacher_ce_for_a_padded_head(padd
     torch.testing.assert_close(saved, _shared_vocab_ce(load_model(padded_teacher), examples).float(),
                                atol=1e-4, rtol=0)
     assert log["epochs"][1]["dds"]  # epoch 1 scored with it
+
+
+# ------------------------------------------------------------ item 11: papermill timeout and kernel
+
+def _dry_run(*args, **env):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", str(repo / "run_all.sh"), "--preset", "tiny", "--dry-run", *args], cwd=repo,
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return [line for line in p.stdout.splitlines() if " -m papermill " in line]
+
+
+def test_run_all_gives_papermill_a_timeout_from_the_preset_and_a_kernel():
+    from dakd.presets import get_preset
+
+    cmds = _dry_run(DAKD_KERNEL="mykernel")  # one call (each loads the environment: ~45 s here)
+    from dakd.presets import RUN_MINUTES_BOUND, notebook_timeout
+
+    assert notebook_timeout("tiny") == 60 * RUN_MINUTES_BOUND["tiny"] * len(get_preset("tiny"))
+    assert len(cmds) == len(get_preset("tiny")) + 2  # 01 per run, 02_results, the quickstart
+    for c in cmds:
+        assert f"--execution-timeout {notebook_timeout('tiny')} " in c and " -k mykernel " in c, c
