@@ -90,7 +90,7 @@ class DistillConfig:
     schedule: str = "cosine"  # selection-ratio schedule (Eq. 2): cosine, linear, constant
     tau: float = 0.1  # share of the subset drawn from the low-DDS stratum (Algorithm 1)
     selection: str = "dds"  # dds (SDU), random (w/o DDS), top (w/o SDU), full (w/o DiffUp)
-    dds_eps: float = 1e-6  # nats; keeps DDS finite when the teacher's CE is ~0 (Eq. 1)
+    dds_eps: float = 1e-6  # nats, a floor of CE_teacher: DDS = CE_student / max(CE_teacher, eps) (Eq. 1)
     # baselines (dakd.baselines): generation, GKD and DistiLLM settings
     beta: float = 0.5  # generalized JSD weight of GKD (loss js_divergence; 0.5 = plain JSD)
     student_data_fraction: float = 0.5  # GKD lambda: probability that a batch is student-generated
