@@ -10,6 +10,10 @@
 #                                     launch` (on a machine without GPUs: N gloo processes on the CPU)
 #   ./run_all.sh --preset NAME --gpus N --accelerate-config configs/accelerate/fsdp.yaml
 #                                     launch with that accelerate config (ddp, fsdp, deepspeed_zero2/3)
+#   ./run_all.sh --notebook-timeout S  fail a notebook cell running longer than S seconds (default: the
+#                                     preset's bound, `python -m dakd.cli preset-timeout NAME`, or
+#                                     $DAKD_NOTEBOOK_TIMEOUT); the kernel is $DAKD_KERNEL (python3)
+#   ./run_all.sh --dry-run            print the papermill commands of the preset, run nothing
 # Order: Table 1's runs through 01_distill (one executed notebook per run), then 03_ablations
 # (Tables 4, 5, sweeps), 04_task_specific (Table 2) and 05_cost (Table 3, Figure 1) for the tables the
 # preset has (each trains its own missing runs; finished runs are reused), then 02_results, then the
@@ -18,21 +22,23 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-mode=run preset=cpu gpus=1
+mode=run preset=cpu gpus=1 dry_run=0 nb_timeout="${DAKD_NOTEBOOK_TIMEOUT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--gpus|--accelerate-config)
+    --preset|--gpus|--accelerate-config|--notebook-timeout)
       [ $# -ge 2 ] || { echo "run_all.sh: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; } ;;
   esac
   case "$1" in
     test) mode=test ;;
     --preset) preset="$2"; shift ;;
     --gpus) gpus="$2"; shift ;;
+    --notebook-timeout) nb_timeout="$2"; shift ;;
+    --dry-run) dry_run=1 ;;
     --accelerate-config)
       [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
       # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
       export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -70,6 +76,11 @@ root="runs/$preset"
 nbdir="$root/notebooks"
 known=$("$PY" -c "from dakd.presets import PRESETS; print(' '.join(PRESETS))")
 case " $known " in *" $preset "*) ;; *) echo "run_all.sh: unknown preset '$preset'; known: $known" >&2; exit 2 ;; esac
+if [ -n "$nb_timeout" ] && ! [[ "$nb_timeout" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_all.sh: the notebook timeout must be a whole number of seconds > 0, got '$nb_timeout'" >&2; exit 2
+fi
+nb_timeout="${nb_timeout:-$("$PY" -m dakd.cli preset-timeout "$preset")}"
+kernel="${DAKD_KERNEL:-python3}"
 mkdir -p "$nbdir" "$root/params"
 "$PY" -m dakd.cli preset-params "$preset" "$root/params" >/dev/null
 cpu_flag=False
@@ -80,8 +91,11 @@ fi
 
 execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the notebook and cell
   local src="$1" dst="$2"; shift 2
+  local pm=("$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING -k "$kernel"
+            --execution-timeout "$nb_timeout" "$@")
+  if [ "$dry_run" = 1 ]; then echo "${pm[*]}"; return 0; fi
   echo "run_all.sh: $(date +%T) executing $src -> $dst"
-  if ! "$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING "$@" 2> "$dst.log"; then
+  if ! "${pm[@]}" 2> "$dst.log"; then
     local where
     where=$(grep -oE 'Exception encountered at "In \[[0-9]+\]"' "$dst.log" | tail -1 || true)
     echo "run_all.sh: FAILED: notebook $src (${where:-cell unknown}); executed copy: $dst; log: $dst.log" >&2
@@ -119,6 +133,7 @@ print(c.teacher, c.student, c.prompt_style)")
 read -r q_teacher q_student q_style <<< "$pair"
 execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir "$root/quickstart" \
   -p teacher "$q_teacher" -p student "$q_student" -p prompt_style "$q_style"
+if [ "$dry_run" = 1 ]; then exit 0; fi
 
 echo
 echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

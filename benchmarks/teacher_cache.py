@@ -16,7 +16,7 @@ Untimed in the same pass: the student's forward (its initial weights, no trainin
 against the exact logits and against each reconstruction, and the response CEs. Errors are
 relative to the exact teacher: BDL as |mean_k - mean_exact| / mean_exact over all response tokens
 (and the per-token mean |BDL_k - BDL_exact| / mean_exact); CE_teacher (`topk_response_ce` against
-`response_ce`) and DDS = CE_student / (CE_teacher + eps) per example, mean and max of |x_k - x| / x;
+`response_ce`) and DDS = CE_student / max(CE_teacher, eps) per example, mean and max of |x_k - x| / x;
 the Spearman correlation of the DDS ranking. The same for ``topk_response_ce(exact=True)``, which
 reads the exact ground-truth log-probs the build stores beside the top k. Each cache is built with `build_topk_cache` into a
 temporary folder (float32 log-probs) and deleted afterwards.

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from .decoding import generate_ids, left_pad, protocol_generation_config
 from .models import cache_dir, resolve_model, weight_files
 
 BATCH_SOURCES = ("fresh", "replay", "ground_truth")
@@ -74,7 +75,8 @@ def sample_responses(model, prompts: list[list[int]], pad_token_id: int, eos_tok
                      batch_size: int | None = None, max_total_length: int | None = None) -> list[list[int]]:
     """Sample one response per prompt with ``model.generate`` (transformers), in prompt order.
 
-    Ancestral sampling (top-k 0, top-p 1.0, ``temperature``), KV cache on; prompts are sorted by
+    Ancestral sampling (top-k 0, top-p 1.0, ``temperature``, no other setting: the checkpoint's
+    ``generation_config`` is not used, `dakd.decoding`), KV cache on; prompts are sorted by
     length and left-padded per batch (a decoder-only model continues from the last position). The
     torch RNG is forked and seeded with ``seed``, so the call is a function of its arguments and
     leaves the caller's random state untouched.
@@ -111,14 +113,12 @@ def sample_responses(model, prompts: list[list[int]], pad_token_id: int, eos_tok
                 new = max_new_tokens
                 if max_total_length is not None:
                     new = min(new, max(max_total_length - min(len(prompts[i]) for i in idx), 1))
-                ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-                attn = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
-                    attn[r, width - len(prompts[i]):] = 1
-                gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                                     temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
-                                     pad_token_id=pad_token_id, eos_token_id=eos_token_id, use_cache=True)
+                ids, attn = left_pad([prompts[i] for i in idx], pad_token_id)
+                # the whole decoding from the protocol, nothing from the checkpoint (issue 13)
+                gcfg = protocol_generation_config(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                                  max_new_tokens=new, pad_token_id=pad_token_id,
+                                                  eos_token_id=eos_token_id)
+                gen = generate_ids(model, ids.to(device), attn.to(device), gcfg)
                 for r, i in enumerate(idx):
                     resp = cut_at_eos(gen[r, width:].tolist(), eos_token_id)
                     if max_total_length is not None:
@@ -361,7 +361,7 @@ def seqkd_records(cfg, records: list[dict], tokenizer, load_teacher, accelerator
     from_cache = cached is not None
     if cached is None:
         teacher = load_teacher()
-        prompt_ids = D._prompt_ids(tokenizer, texts, cfg.prompt_style)
+        prompt_ids = D.encode_prompts(tokenizer, texts)
         mine = list(range(rank, len(texts), world))
         gens = sample_responses(teacher, [prompt_ids[j] for j in mine], tokenizer.pad_token_id,
                                 tokenizer.eos_token_id, cfg.gen_max_new_tokens, cfg.gen_temperature,

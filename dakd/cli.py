@@ -8,6 +8,7 @@
     python -m dakd.cli preset-runs cpu                    # the run names of a preset, one per line
     python -m dakd.cli preset-runs cpu-full --table table4  # the runs a table needs, in run order
     python -m dakd.cli preset-tables cpu-full             # the tables of a preset, one per line
+    python -m dakd.cli preset-timeout cpu                 # seconds papermill gives one notebook cell
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
                     help="one of the preset's tables (preset-tables); may be repeated")
     pt = sub.add_parser("preset-tables", help="print the tables (and figures) a preset makes")
     pt.add_argument("preset")
+    po = sub.add_parser("preset-timeout", help="print the seconds papermill gives one notebook cell of a preset")
+    po.add_argument("preset")
     a = p.parse_args(argv)
     if a.cmd == "train":
         from .config import DistillConfig
@@ -74,6 +77,10 @@ def main(argv=None) -> int:
         from .presets import get_tables
 
         print("\n".join(get_tables(a.preset)))
+    elif a.cmd == "preset-timeout":
+        from .presets import notebook_timeout
+
+        print(notebook_timeout(a.preset))
     return 0
 
 

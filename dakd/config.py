@@ -34,6 +34,39 @@ _HASH_OMIT_AT_DEFAULT = ("beta", "student_data_fraction", "gen_max_new_tokens", 
                          "sgo_init_prob", "sgo_prob_step", "sgo_loss_eps", "sgo_max_prob",
                          "replay_buffer_size", "sgo_val_samples", "teacher_cache_k")
 
+# parameter dtypes a run may ask for (`dakd.models.load_model` takes the torch dtype of that name)
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _parse_list(name: str, value, item_type: type, allow_none: bool = False) -> tuple:
+    """A list-valued field as a tuple, parsed from JSON/YAML text when given as a string (papermill's
+    ``-p`` passes ``'["dolly", "vicuna"]'`` as text; ``-y`` passes YAML that arrives as a list); a
+    bare name (no brackets) is a one-item list.
+
+    Raises:
+        ValueError: naming the field, for text that is not a list or items of another type.
+    """
+    if isinstance(value, str):
+        import yaml
+
+        text = value.strip()
+        try:
+            parsed = yaml.safe_load(text) if text.startswith("[") else [text]
+        except yaml.YAMLError as e:
+            raise ValueError(f"{name} given as text {value!r} is not a list ({e.__class__.__name__}); "
+                             f"pass a list, e.g. with papermill -y '{name}: [...]'") from None
+        value = parsed
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of {item_type.__name__}, got {type(value).__name__} {value!r}")
+    for v in value:
+        ok = (v is None and allow_none) or (isinstance(v, item_type) and not isinstance(v, bool))
+        if not ok:
+            raise ValueError(f"{name} must be a list of {item_type.__name__}"
+                             f"{' (or None)' if allow_none else ''}, got item {v!r} in {value!r}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(value)
+
 
 @dataclass
 class DistillConfig:
@@ -58,7 +91,7 @@ class DistillConfig:
     schedule: str = "cosine"  # selection-ratio schedule (Eq. 2): cosine, linear, constant
     tau: float = 0.1  # share of the subset drawn from the low-DDS stratum (Algorithm 1)
     selection: str = "dds"  # dds (SDU), random (w/o DDS), top (w/o SDU), full (w/o DiffUp)
-    dds_eps: float = 1e-6  # nats; keeps DDS finite when the teacher's CE is ~0 (Eq. 1)
+    dds_eps: float = 1e-6  # nats, a floor of CE_teacher: DDS = CE_student / max(CE_teacher, eps) (Eq. 1)
     # baselines (dakd.baselines): generation, GKD and DistiLLM settings
     beta: float = 0.5  # generalized JSD weight of GKD (loss js_divergence; 0.5 = plain JSD)
     student_data_fraction: float = 0.5  # GKD lambda: probability that a batch is student-generated
@@ -75,6 +108,9 @@ class DistillConfig:
     # written once per teacher + data (dakd.teacher_cache) instead of a teacher forward every step;
     # None = the exact teacher. kd and dakd only; DDS keeps the exact teacher CE
     teacher_cache_k: int | None = None
+    # a training loss that is identically 0 (BDL at lam 0.5, generalized JSD at beta 0 or 1, skew
+    # (reverse) KL at alpha 1) is refused unless this is True (the lambda sweep's 0.5 point)
+    allow_degenerate_loss: bool = False
     # data
     dataset: str = "dolly"  # training set: "dolly" (Table 1), "samsum" or "gsm8k" (Table 2)
     train_samples: int | None = None  # None = the whole train split; else a seeded subset
@@ -106,6 +142,11 @@ class DistillConfig:
         if self.method not in _DECLARED:
             raise ValueError(f"method must be one of {tuple(_DECLARED)}, got {self.method!r}")
         declared = _DECLARED[self.method]
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        # parsed first: text from papermill -p would otherwise become a tuple of characters
+        self.eval_datasets = _parse_list("eval_datasets", self.eval_datasets, str)
+        self.eval_seeds = _parse_list("eval_seeds", self.eval_seeds, int, allow_none=True)
         for name in ("lam", "alpha", "tau", "beta", "student_data_fraction", "sgo_init_prob",
                      "sgo_prob_step", "sgo_max_prob"):
             v = getattr(self, name)
@@ -153,6 +194,22 @@ class DistillConfig:
             raise ValueError("epochs, batch_size and micro_batch_size must be >= 1")
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be smaller than max_length")
+        from .tasks import EVAL_SETS
+
+        unknown = [d for d in self.eval_datasets if d not in EVAL_SETS]
+        if unknown:
+            raise ValueError(f"eval_datasets: unknown evaluation set(s) {unknown}; known: {sorted(EVAL_SETS)}")
+        if self.method == "dakd" and self.epochs < 2:
+            # epoch 0 trains on all of D (Algorithm 1): one epoch is plain KD with no DDS
+            raise ValueError(f"method 'dakd' with epochs={self.epochs} is plain KD (epoch 0 uses all of the "
+                             "data and DiffUp starts at epoch 1): set epochs >= 2, or method 'kd'")
+        if self.method in ("kd", "dakd", "gkd", "distillm") and not self.allow_degenerate_loss:
+            from .losses import degenerate_reason
+
+            why = degenerate_reason(loss, lam=self.lam, alpha=self.alpha, beta=self.beta)
+            if why:
+                raise ValueError(f"loss {loss!r}: {why}, so training would not move the student; set "
+                                 "allow_degenerate_loss=True to run it anyway (e.g. to show the collapse)")
         if self.dtype == "float16" and self.method != "teacher":
             # measured: AdamW keeps its state in the weights' dtype, and in float16 g^2 of a
             # gradient below ~2e-3 underflows to 0 while eps 1e-8 rounds to 0, so the first step
@@ -160,8 +217,6 @@ class DistillConfig:
             raise ValueError("dtype 'float16' cannot be trained with AdamW (its state underflows: "
                              "inf weights after one step); use 'bfloat16' or 'float32' "
                              "(float16 is fine for method 'teacher', evaluation only)")
-        self.eval_datasets = tuple(self.eval_datasets)
-        self.eval_seeds = tuple(self.eval_seeds)
 
     def to_dict(self) -> dict:
         """Every field by name (tuples stay tuples), as written to ``config.json``."""
@@ -169,10 +224,11 @@ class DistillConfig:
 
     def config_hash(self) -> str:
         """Short sha256 (12 hex digits) of the settings that change results: every field except
-        the output folder and what is saved (``save_checkpoints``, ``save_epoch_students``); the
-        fields of ``_HASH_OMIT_AT_DEFAULT`` only when they differ from their default."""
+        the output folder, what is saved (``save_checkpoints``, ``save_epoch_students``) and the
+        permission ``allow_degenerate_loss`` (it changes no result, only whether the run may start);
+        the fields of ``_HASH_OMIT_AT_DEFAULT`` only when they differ from their default."""
         d = self.to_dict()
-        for name in ("output_dir", "save_checkpoints", "save_epoch_students"):
+        for name in ("output_dir", "save_checkpoints", "save_epoch_students", "allow_degenerate_loss"):
             d.pop(name)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in _HASH_OMIT_AT_DEFAULT:
@@ -206,6 +262,59 @@ def package_versions() -> dict:
     return out
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else `platform.processor`), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version (``/proc/driver/nvidia/version``, else ``nvidia-smi``), or None."""
+    import re
+    import subprocess
+
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", f.read())
+            if m:
+                return m.group(1)
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware_info() -> dict:
+    """The machine a result was produced on: ``cpu_model`` (str or None), ``cpu_threads`` (logical
+    CPUs, `os.cpu_count`), ``torch_threads`` (intra-op threads torch uses), ``gpu_count`` (CUDA
+    devices visible), ``gpu_names`` (list of str, one per device), ``cuda_version`` (the CUDA torch
+    was built with, None for a CPU build), ``cudnn_version`` (int or None) and ``driver_version``
+    (NVIDIA driver, None where there is none). Never raises: what cannot be read is None."""
+    import os
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    n = torch.cuda.device_count() if cuda else 0
+    return {"cpu_model": _cpu_model(), "cpu_threads": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu_count": n, "gpu_names": [torch.cuda.get_device_name(i) for i in range(n)],
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "driver_version": _nvidia_driver() if cuda else None}
+
+
 def run_metadata(cfg: DistillConfig) -> dict:
-    """The block written beside every result: resolved config, its hash, package versions."""
-    return {"config": cfg.to_dict(), "config_hash": cfg.config_hash(), "versions": package_versions()}
+    """The block written beside every result: resolved config, its hash, package versions and the
+    hardware (`hardware_info`)."""
+    return {"config": cfg.to_dict(), "config_hash": cfg.config_hash(), "versions": package_versions(),
+            "hardware": hardware_info()}

@@ -288,22 +288,42 @@ class FilterReport:
                 f"truncated {self.truncated}, duplicates {self.duplicates}")
 
 
-def _prompt_ids(tokenizer, texts, style):
-    # add_special_tokens adds BOS for Llama-2 style tokenizers (nothing for SmolLM2); a chat
-    # template that already writes BOS as text must not get a second one
+def special_prefix(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before a text by itself (``add_special_tokens=True``): ``[bos]`` for
+    Llama-2-style tokenizers, ``[]`` for SmolLM2 and Qwen2.5."""
+    probe = "x"
+    with_special = tokenizer(probe, add_special_tokens=True).input_ids
+    plain = tokenizer(probe, add_special_tokens=False).input_ids
+    for i in range(len(with_special) - len(plain) + 1):
+        if with_special[i:i + len(plain)] == plain:
+            return list(with_special[:i])
+    return []
+
+
+def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of prompt texts, the one encoding every path uses (training `tokenize_records`,
+    DDS, SeqKD, on-policy generation and evaluation `dakd.evaluate.generate`, issue 13).
+
+    Each text is encoded without special tokens, then the tokenizer's own prefix
+    (`special_prefix`: its BOS, if it adds one) is put in front unless the ids already start with
+    it: a chat template that writes BOS as text (Llama-3, Llama-2-chat) gets one BOS, not two.
+    Nothing is appended (a tokenizer that appends EOS by itself would end the prompt there).
+
+    Returns:
+        one list of int per text, in order (``[]`` for no texts).
+    """
     if not texts:
         return []
-    bos = getattr(tokenizer, "bos_token", None)
-    if style == "chatml" and bos and texts and all(t.startswith(bos) for t in texts):
-        return tokenizer(texts, add_special_tokens=False).input_ids
-    return tokenizer(texts, add_special_tokens=True).input_ids
+    prefix = special_prefix(tokenizer)
+    ids = tokenizer(list(texts), add_special_tokens=False).input_ids
+    return [list(p) if not prefix or p[:len(prefix)] == prefix else prefix + list(p) for p in ids]
 
 
 def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_length=512):
     """Turn records into training examples, dropping and counting those that do not fit.
 
     Per record: an empty or whitespace-only response is dropped (empty_response); prompt ids
-    (`format_prompt`, with the tokenizer's special tokens) longer than `max_prompt_length` tokens
+    (`format_prompt`, encoded by `encode_prompts`) longer than `max_prompt_length` tokens
     are dropped (prompt_too_long); response ids are the output's tokens plus ``eos_token_id``. When
     prompt + response exceeds `max_length` tokens the response is cut to fit (truncated; its EOS
     is then lost); when nothing of it is left the record is dropped (response_truncated_away). With
@@ -329,7 +349,7 @@ def tokenize_records(records, tokenizer, style, max_prompt_length=256, max_lengt
     live = [i for i, r in enumerate(records) if r["output"].strip()]
     report.empty_response = len(records) - len(live)
     # one batched call each: the Rust tokenizer is much faster on lists than record by record
-    prompts = _prompt_ids(tokenizer, [format_prompt(records[i], style, tokenizer) for i in live], style)
+    prompts = encode_prompts(tokenizer, [format_prompt(records[i], style, tokenizer) for i in live])
     responses = (tokenizer([records[i]["output"] for i in live], add_special_tokens=False).input_ids
                  if live else [])
     examples, seen = [], set()
@@ -411,7 +431,7 @@ def prompts_for_generation(records, tokenizer, style, max_prompt_length=256):
     """
     report = FilterReport(loaded=len(records))
     texts = [format_prompt(r, style, tokenizer) for r in records]
-    ids = _prompt_ids(tokenizer, texts, style)
+    ids = encode_prompts(tokenizer, texts)
     prompts, refs, positions = [], [], []
     for i, (r, text, p) in enumerate(zip(records, texts, ids)):
         if len(p) > max_prompt_length:

@@ -1,7 +1,8 @@
 """The distillation difficulty score, DDS (DA-KD Eq. 1), and the scorer that computes it.
 
-DDS(x) = CE_student(x) / (CE_teacher(x) + eps): both are the mean cross-entropy of the
-ground-truth response tokens under teacher forcing. High DDS means the teacher finds x easy while
+DDS(x) = CE_student(x) / max(CE_teacher(x), eps): both are the mean cross-entropy of the
+ground-truth response tokens under teacher forcing; eps is a floor, so a teacher CE above it (the
+paper's example: 0.0003 nats) gives exactly Eq. 1's ratio. High DDS means the teacher finds x easy while
 the student finds it hard, so x is worth distilling.
 
 The teacher is frozen, so CE_teacher is computed once per run (and cached on disk, keyed by the
@@ -75,11 +76,13 @@ def response_ce_rows(row_logits: torch.Tensor, input_ids: torch.Tensor, response
 
 
 def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """DDS = CE_student / (CE_teacher + eps) (paper Eq. 1).
+    """DDS = CE_student / max(CE_teacher, eps) (paper Eq. 1).
 
     Args:
         student_ce, teacher_ce: ``[N]`` nats per token, >= 0, same sample order.
-        eps: nats; the paper's own example has CE_teacher = 0.0003, so the denominator needs it.
+        eps: nats, a floor of the denominator (never added to it): a teacher CE of 0 gives
+            CE_student / eps, any teacher CE >= eps the paper's exact ratio (its Figure 3 example,
+            student 1.1055 / teacher 0.0003 = 3685, needs eps <= 0.0003).
 
     Returns:
         ``[N]`` float32, dimensionless.
@@ -94,13 +97,18 @@ def difficulty_scores(student_ce: torch.Tensor, teacher_ce: torch.Tensor, eps: f
     for name, t in (("student_ce", student_ce), ("teacher_ce", teacher_ce)):
         if not torch.isfinite(t).all() or (t < 0).any():
             raise ValueError(f"{name} must be finite and >= 0")
-    return student_ce.float() / (teacher_ce.float() + eps)
+    return student_ce.float() / teacher_ce.float().clamp(min=eps)
 
 
 @torch.no_grad()
 def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: int = 8,
-                  accelerator=None, desc: str = "scoring") -> torch.Tensor:
+                  accelerator=None, desc: str = "scoring", vocab: int | None = None) -> torch.Tensor:
     """Response CE of every example under ``model`` (no gradients), in example order.
+
+    ``vocab``: the shared vocabulary V of a teacher-student pair (`dakd.models.check_pair`): the CE
+    is taken over the softmax of logits ``[:, :V]``, as the losses and the top-k teacher cache do,
+    so a head with padding rows (Qwen2.5-7B: 152,064 rows for a 151,936 shared vocabulary) gives the
+    same CE_teacher on every path (issue 13). None: the model's whole head.
 
     Batches are formed from length-sorted examples (less padding); results are put back in the
     order of ``examples``. Logits are computed for the response rows only where the model allows
@@ -123,7 +131,7 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
         idx = mine[s:s + batch_size]
         b = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
         rows = response_logits(model, b["input_ids"], b["attention_mask"], predicting_positions(b["response_mask"]))
-        out[idx] = response_ce_rows(rows, b["input_ids"], b["response_mask"]).cpu()
+        out[idx] = response_ce_rows(rows[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
     model.train(was_training)
     if world > 1:
         # every process filled a disjoint set of positions; a sum reassembles the full vector
@@ -132,16 +140,19 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
 
 
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,
-                      teacher_name: str, batch_size: int = 8, accelerator=None) -> tuple[torch.Tensor, bool]:
+                      teacher_name: str, batch_size: int = 8, accelerator=None,
+                      vocab: int | None = None) -> tuple[torch.Tensor, bool]:
     """CE_teacher for every example, read from ``cache_folder`` when the same teacher has already
     scored the same token ids (the teacher is frozen), else computed and written. The teacher is
     identified by `dakd.models.weights_fingerprint` (a local folder retrained in place is another
-    teacher).
+    teacher). ``vocab``: the shared vocabulary, as `score_dataset`; part of the cache key when given.
 
     Returns:
         (``[N]`` float32 nats per token, whether it came from the cache).
     """
     h = hashlib.sha256(weights_fingerprint(teacher_name).encode())
+    if vocab is not None:
+        h.update(f"vocab={vocab}".encode())
     for ex in examples:
         h.update(json.dumps([ex["input_ids"], ex["prompt_length"]]).encode())
     path = Path(cache_folder) / f"teacher_ce_{h.hexdigest()[:16]}.pt"
@@ -149,7 +160,7 @@ def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_fold
         ce = torch.load(path, weights_only=True)
         if ce.shape == (len(examples),):
             return ce, True
-    ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE")
+    ce = score_dataset(model, examples, pad_token_id, batch_size, accelerator, desc="teacher CE", vocab=vocab)
     if accelerator is None or accelerator.is_main_process:
         save_tensor(ce, path)
     return ce, False

@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from . import tasks as T
+from .decoding import decoding_record, generate_ids, left_pad, protocol_generation_config
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+NO_REPEAT_NGRAM_SIZE = 6  # MiniLLM/DistiLLM test-time protocol (METHOD.md section 5)
 
 
 def rouge_l(prediction: str, references: list[str] | str) -> float:
@@ -43,34 +45,36 @@ def generate(model, tokenizer, prompts: list[str], seed: int | None, max_new_tok
     """Generate one response per prompt, returned in prompt order.
 
     Args:
+        prompts: prompt texts, encoded by `dakd.data.encode_prompts` (the ids training used).
         seed: sampling seed (temperature 1.0, top-p 1.0, top-k 0); ``None`` means greedy decoding.
         max_new_tokens: tokens per response; generation also stops at the EOS token.
+        no_repeat_ngram_size: no n-gram of this size repeats in a response (6 by the protocol; 0: off).
 
-    Prompts are sorted by length and left-padded per batch; the seed is set once before the first
-    batch, so the same seed, prompts and batch size give the same text on the CPU. If ``stats`` is
-    given, ``stats["generated_tokens"]`` is increased by the number of tokens generated before EOS.
+    The decoding is `dakd.decoding.protocol_generation_config` and nothing else: settings in the
+    checkpoint's ``generation_config.json`` (repetition penalty, minimum length, beams, ...) are
+    not used. Prompts are sorted by length and left-padded per batch; the seed is set once before
+    the first batch, so the same seed, prompts and batch size give the same text on the CPU. If
+    ``stats`` is given, ``stats["generated_tokens"]`` is increased by the number of tokens
+    generated before EOS.
     """
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    ids = D.encode_prompts(tokenizer, prompts)
     out: list[str | None] = [None] * len(prompts)
-    kw = dict(max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if seed is None:
-        kw |= dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kw |= dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    sampled = seed is not None
+    gcfg = protocol_generation_config(do_sample=sampled, temperature=1.0, top_k=0, top_p=1.0,
+                                      max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if sampled:
         torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         for s in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
             idx = order[s:s + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=True).to(device)
-            gen = model.generate(**enc, **kw, use_cache=True)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            input_ids, attn = left_pad([ids[i] for i in idx], tokenizer.pad_token_id)
+            gen = generate_ids(model, input_ids.to(device), attn.to(device), gcfg)
+            new = gen[:, input_ids.shape[1]:]
             if stats is not None:
                 # tokens up to, not including, the first EOS (padding after it is EOS too here)
                 done = (new == tokenizer.eos_token_id).int().cumsum(1) > 0
@@ -79,7 +83,6 @@ def generate(model, tokenizer, prompts: list[str], seed: int | None, max_new_tok
             for i, t in zip(idx, texts):
                 out[i] = t.strip()
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
     return out  # type: ignore[return-value]
 
@@ -117,6 +120,8 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
         ({str(seed) or "greedy": mean score}), ``prompt_ids`` (positions in the loaded test
         records of the scored prompts, ascending), ``per_prompt`` ({seed key: [score per prompt, in
         prompt_ids order]}), ``num_prompts``, ``num_processes``, ``decoding``,
+        ``decoding_config`` (the full decoding, `dakd.decoding.decoding_record`: mode,
+        temperature, top-k, top-p, no-repeat n-gram size, max new tokens, seeds, stop rule),
         ``max_new_tokens``, ``filter`` (prompts dropped for length), ``subset_note`` (where the
         local file is only part of the paper's set, else None), ``reference_filter``,
         ``seconds``, ``generated_tokens`` (all processes), ``examples``.
@@ -142,7 +147,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
         key = "greedy" if seed is None else str(seed)
         stats = {"generated_tokens": 0}
         outs = generate(model, tokenizer, [prompts[i] for i in mine], seed, max_new_tokens, batch_size,
-                        desc=f"{dataset} {key}", stats=stats)
+                        NO_REPEAT_NGRAM_SIZE, desc=f"{dataset} {key}", stats=stats)
         rows = [(i, o, score(o, refs[i])) for i, o in zip(mine, outs)]
         if world > 1:
             from accelerate.utils import gather_object
@@ -164,6 +169,7 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
             spec.metric: mean, f"{spec.metric}_std": std, "per_seed": per_seed,
             "prompt_ids": kept, "per_prompt": per_prompt, "num_prompts": len(prompts),
             "num_processes": world, "decoding": "greedy" if all(s is None for s in seeds) else "sampled",
+            "decoding_config": decoding_record(seeds, max_new_tokens, NO_REPEAT_NGRAM_SIZE),
             "max_new_tokens": max_new_tokens, "filter": report.to_dict(), "subset_note": spec.subset_note,
             "reference_filter": spec.reference_filter, "seconds": time.perf_counter() - t0,
             "generated_tokens": tokens, "examples": examples}

@@ -421,6 +421,26 @@ def canonical_loss_name(name):
     return key
 
 
+def degenerate_reason(name: str, lam: float = 0.9, alpha: float = 0.1, beta: float = 0.5) -> str | None:
+    """Why loss ``name`` with these weights is exactly 0 for every teacher and student (no training
+    signal), or None when it is not: BDL at lam 0.5 (P_m = Q_m, DA-KD Eq. 4), the generalized JSD at
+    beta 0 or 1 (the mixture is one of the two distributions), skew KL / skew reverse KL at alpha 1
+    (the skewed distribution is the first argument itself).
+
+    Raises:
+        ValueError: unknown loss name (as `canonical_loss_name`).
+    """
+    name = canonical_loss_name(name)
+    if name == "bdl" and lam == 0.5:
+        return "BDL at lam 0.5 is exactly 0 for any teacher and student (P_m = Q_m)"
+    if name == "js_divergence" and beta in (0.0, 1.0):
+        return (f"the generalized JSD at beta {beta:g} is exactly 0 for any teacher and student "
+                "(the mixture m is one of the two distributions)")
+    if name in ("skew_kl", "skew_reverse_kl") and alpha == 1.0:
+        return f"{name} at alpha 1 is exactly 0 for any teacher and student (KL of a distribution to itself)"
+    return None
+
+
 def get_loss(name):
     """Scalar loss for a name or alias ("bdl", "fkl", "srkl", ...); ValueError if unknown."""
     return LOSSES[canonical_loss_name(name)]

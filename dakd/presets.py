@@ -151,7 +151,8 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
                     add(name, variant.replace(loss=loss))
             tab["table5"] = list(TABLE5_LOSSES)
         if "lambda_sweep" in tables:
-            tab["lambda_sweep"] = [dakd if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(lam=lam))
+            tab["lambda_sweep"] = [dakd if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(
+                lam=lam, allow_degenerate_loss=lam == 0.5))  # 0.5: BDL is 0, the collapse the paper shows
                                    for lam in LAMBDAS]
         if "tau_sweep" in tables:
             tab["tau_sweep"] = [dakd if tau == dakd_cfg.tau else add(f"dakd_tau{_num(tau)}", variant.replace(tau=tau))
@@ -451,6 +452,28 @@ def needed_runs(name: str, tables: list[str] | tuple[str, ...], root: str | None
         if dep is not None:
             want.add(dep)
     return [k for k in runs if k in want]
+
+
+# Upper bounds, minutes per run, for papermill's --execution-timeout (run_all.sh): measured here
+# (2 CPU cores) a tiny run takes well under a minute and a cpu / cpu-full run 1-9 minutes (training
+# plus evaluation, the machine shared); a paper run on 4 GPUs takes up to ~7 hours
+# (PAPER_PRESET_NEEDS: GKD on Dolly, scaled from the paper's Table 3). About 3x headroom.
+RUN_MINUTES_BOUND = {"tiny": 5, "tiny-full": 5, "cpu": 30, "cpu-full": 30}
+PAPER_RUN_MINUTES_BOUND = 24 * 60
+
+
+def notebook_timeout(name: str) -> int:
+    """Seconds papermill waits for one notebook cell of preset ``name`` before failing the run
+    (``--execution-timeout`` in run_all.sh; ``--notebook-timeout`` or ``$DAKD_NOTEBOOK_TIMEOUT``
+    override it). A table notebook trains all its missing runs in one cell, so the bound is the
+    preset's number of runs times its per-run bound (`RUN_MINUTES_BOUND`, else
+    `PAPER_RUN_MINUTES_BOUND`).
+
+    Raises:
+        ValueError: unknown preset.
+    """
+    runs = get_preset(name)
+    return int(60 * RUN_MINUTES_BOUND.get(name, PAPER_RUN_MINUTES_BOUND) * max(len(runs), 1))
 
 
 def write_papermill_params(name: str, folder: str | Path, root: str | None = None) -> list[Path]:

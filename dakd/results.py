@@ -8,7 +8,8 @@ following), `table2` (SAMSum, GSM8K), `table3` (training cost), `table4` (DiffUp
 ``results.json`` contents}, e.g. `collect` restricted to ``presets.get_tables(preset)[table]``),
 finds each run's row from its config, and shows ours, the paper's value and ours minus the paper's
 side by side; an expected row without a run has run None and NaN numbers. A run that fits no row
-(or two runs one row) is a ValueError. Which paper pair is compared is in ``df.attrs["paper"]``.
+(or two runs one row) is a ValueError, and so are runs decoded differently on one set
+(`dakd.decoding.check_same_decoding`). Which paper pair is compared is in ``df.attrs["paper"]``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .decoding import check_same_decoding
 from .methods import METHODS
 
 # the paper's Table 1 rows, in its order
@@ -89,6 +91,7 @@ def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
     """One row per run: ROUGE-L (mean over seeds, x100), its spread, training iterations and minutes
     (split into DDS scoring and training, Table 3's record), and the paper's DollyEval ROUGE-L for
     the same method with both Llama2-7B students, with our difference from the 1.3B one."""
+    check_same_decoding(runs, "method_table")
     p27, p13 = paper_dolly("Sheared-LLaMA-2.7B"), paper_dolly("Sheared-LLaMA-1.3B")
     rows = []
     for name, r in runs.items():
@@ -120,6 +123,7 @@ def table1(runs: dict[str, dict], student: str = "Sheared-LLaMA-1.3B") -> pd.Dat
     the evaluation records a ``subset_note`` (the offline file is the first 1,270 records of the
     paper's set); the note itself is in every run's ``results.json``.
     """
+    check_same_decoding(runs, "table1")
     present = [ds for ds in TABLE1_COLUMNS if any(ds in r["eval"] for r in runs.values())]
     paper = {ds: paper_table1(student, TABLE1_COLUMNS[ds]) for ds in present}
     cols = {ds: TABLE1_COLUMNS[ds] + (" (prefix)" if any(r["eval"].get(ds, {}).get("subset_note")
@@ -278,6 +282,7 @@ def table2(runs: dict[str, dict], family: str = "Llama2") -> pd.DataFrame:
         ValueError: unknown family; a run that is not one of the rows or evaluated on neither set;
             two runs for one (method, set).
     """
+    check_same_decoding(runs, "table2")
     fam, paper = paper_table2(family)
     cells: dict = {}
     for name, r in runs.items():
@@ -361,6 +366,7 @@ def _ablation_rows(runs: dict[str, dict], field: str, keys: list[tuple], table: 
                    index: str) -> list[dict]:
     """Rows of an ablation table (Tables 4 and 5): ``keys`` = [(value of ``field``, row label, the
     paper's row)], each row with ours, the paper's and the difference per set, and the iterations."""
+    check_same_decoding(runs, table)
     found = _rows(runs, _dakd_variant(field), [k for k, _, _ in keys], table)
     sets = _common_sets(found, datasets)
     rows = []
@@ -410,6 +416,7 @@ def table5(runs: dict[str, dict], datasets=None) -> pd.DataFrame:
 def _sweep(runs: dict[str, dict], field: str, values, datasets, table: str, note: str) -> pd.DataFrame:
     """One row per value of a DA-KD setting: the score on each set, their average, iterations and
     the last epoch's training loss; no paper columns (``attrs["note"]`` says what was published)."""
+    check_same_decoding(runs, table)
     found = _rows(runs, _dakd_variant(field), list(values), table)
     sets = _common_sets(found, datasets)
     rows = []

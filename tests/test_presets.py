@@ -56,7 +56,8 @@ def test_get_preset_and_needed_runs_refuse_unknown_names():
 
 
 def _differs(a: DistillConfig, b: DistillConfig) -> set:
-    ignore = {"output_dir", "eval_datasets", "save_epoch_students"}
+    # allow_degenerate_loss: a permission (the lambda sweep's 0.5 point), not a setting that changes results
+    ignore = {"output_dir", "eval_datasets", "save_epoch_students", "allow_degenerate_loss"}
     return {k for k, v in a.to_dict().items() if k not in ignore and b.to_dict()[k] != v}
 
 
@@ -190,7 +191,8 @@ def _tiny(tmp_path, **kw) -> DistillConfig:
 
 
 def test_teacher_sft_feeds_later_runs_and_retraining_it_makes_them_incomplete(tmp_path):
-    runs, tables = P._suite(_tiny(tmp_path, epochs=1), str(tmp_path), ("table1",), table1_eval=("dolly",),
+    # epochs 2: the suite holds a DA-KD run, and DA-KD with one epoch is refused (plain KD)
+    runs, tables = P._suite(_tiny(tmp_path, epochs=2), str(tmp_path), ("table1",), table1_eval=("dolly",),
                             teacher_sft=True)
     assert tables["table1"][0] == "teacher_sft" and list(runs)[0] == "teacher_sft"
     sft, kd = runs["teacher_sft"], runs["kd_kl"]

@@ -70,6 +70,7 @@ class DiffUp(AllSamples):
         self.cfg, self.mode = cfg, SELECTION_MODES[cfg.selection]
         self.epochs = cfg.epochs
         self.teacher_ce: torch.Tensor | None = None
+        self.vocab = run.vocab  # shared vocabulary (set before the parts are built)
         self._fill: torch.Tensor | None = None  # CE_teacher accumulated during epoch 0
 
     def ratio(self, epoch: int) -> float:
@@ -120,11 +121,12 @@ class DiffUp(AllSamples):
         if self.teacher_ce is None:
             t0 = time.perf_counter()
             self.teacher_ce, hit = teacher_ce_cached(run.teacher, run.examples, pad, cache_dir() / "teacher_ce",
-                                                     resolve_model(self.cfg.teacher), self.cfg.micro_batch_size, acc)
+                                                     resolve_model(self.cfg.teacher), self.cfg.micro_batch_size, acc,
+                                                     vocab=run.vocab)
             run.cost.add("teacher_ce_seconds", time.perf_counter() - t0)
             rec["teacher_ce_from_cache"] = hit
         student_ce = score_dataset(run.student, run.examples, pad, self.cfg.micro_batch_size, acc,
-                                   desc=f"DDS epoch {epoch}")
+                                   desc=f"DDS epoch {epoch}", vocab=run.vocab)
         scores = difficulty_scores(student_ce, self.teacher_ce, self.cfg.dds_eps)
         rec |= {"dds": dds_quantiles(scores), "student_ce": dds_quantiles(student_ce),
                 "teacher_ce": dds_quantiles(self.teacher_ce),
@@ -139,8 +141,8 @@ class DiffUp(AllSamples):
     def _observe(self, micro: list[dict], batch: dict, teacher_rows) -> None:
         # epoch 0 sees all of D with the teacher's logits at hand: its response CE comes for free
         # here instead of costing a separate teacher pass before epoch 1
-        self._fill[[e["index"] for e in micro]] = response_ce_rows(
-            teacher_rows, batch["input_ids"], batch["response_mask"]).cpu()
+        self._fill[[e["index"] for e in micro]] = response_ce_rows(  # over the shared vocabulary
+            teacher_rows[:, :self.vocab], batch["input_ids"], batch["response_mask"]).cpu()
 
     def end_epoch(self, run, epoch: int) -> None:
         """After epoch 0: sum the processes' CE_teacher shares and save them for a resume."""
