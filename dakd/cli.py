@@ -9,6 +9,8 @@
     python -m dakd.cli preset-runs cpu-full --table table4  # the runs a table needs, in run order
     python -m dakd.cli preset-tables cpu-full             # the tables of a preset, one per line
     python -m dakd.cli preset-timeout cpu                 # seconds papermill gives one notebook cell
+    python -m dakd.cli plan llama2-7b-sheared-2.7b --gpus 4 --gpu-memory 80
+                                                          # memory per GPU of each stage and strategy
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def main(argv=None) -> int:
     pt.add_argument("preset")
     po = sub.add_parser("preset-timeout", help="print the seconds papermill gives one notebook cell of a preset")
     po.add_argument("preset")
+    pl = sub.add_parser("plan", help="estimate the memory per GPU of each stage of a preset under each "
+                                     "strategy (ddp, deepspeed_zero2, fsdp, deepspeed_zero3) and whether it fits")
+    pl.add_argument("preset")
+    pl.add_argument("--gpus", type=int, required=True, help="GPUs (processes)")
+    pl.add_argument("--gpu-memory", type=float, required=True, help="memory of one GPU, GB (10^9 bytes)")
+    pl.add_argument("--headroom", type=float, default=None, help="fraction left unplanned (default 0.1)")
+    pl.add_argument("--strategy", action="append", default=None, help="only this strategy; may be repeated")
+    pl.add_argument("--teacher", default=None, help="a model folder (or plan hub name) replacing the teacher")
+    pl.add_argument("--student", default=None, help="a model folder (or plan hub name) replacing the student")
+    pl.add_argument("--ddp-bucket-view", action="store_true",
+                    help="plan DDP with gradient_as_bucket_view=True (no second gradient copy)")
     a = p.parse_args(argv)
     if a.cmd == "train":
         from .config import DistillConfig
@@ -81,6 +94,12 @@ def main(argv=None) -> int:
         from .presets import notebook_timeout
 
         print(notebook_timeout(a.preset))
+    elif a.cmd == "plan":
+        from .plan import HEADROOM, plan_text
+
+        print(plan_text(a.preset, a.gpus, a.gpu_memory, HEADROOM if a.headroom is None else a.headroom,
+                        strategies=a.strategy, teacher=a.teacher, student=a.student,
+                        ddp_bucket_view=a.ddp_bucket_view))
     return 0
 
 

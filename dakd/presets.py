@@ -291,11 +291,11 @@ _PAPER_PAIRS = {
 }
 
 # What each paper preset needs, by our estimate (no GPU run of these presets has been made here).
-# Memory: dakd trains in the weights' dtype (bf16), and torch's AdamW keeps its two moments in that
-# dtype, so a trained model costs 8 bytes/parameter (weights, gradients, 2 moments; a DeepSpeed
-# config with fp32 master weights costs 16); the frozen teacher 2 bytes/parameter; plus activations
-# (micro-batch 2 x 512 tokens, no activation checkpointing) and fp32 logits of 2 x 512 x vocab
-# (0.13 GB per tensor for Llama2's 32,000 tokens, 0.62 GB for Qwen2.5's 152,064; a loss holds a few).
+# Memory: `dakd.plan` (python -m dakd.cli plan PRESET --gpus 4 --gpu-memory 80), with training as it
+# runs after the mixed-precision fix: fp32 trained weights and AdamW moments (16 bytes per trained
+# parameter before sharding, plus the bf16 compute copies), the frozen teacher 2 bytes/parameter on
+# every GPU, activations of micro-batch 2 x 512 tokens (no activation checkpointing) and the logits;
+# the strategies named below are the least sharded that fit with 10 % headroom on 4 GPUs.
 # Hours: scaled from the paper's Table 3 (4 x A800 80 GB, Llama2-7B -> Sheared-LLaMA-2.7B, 11,435
 # Dolly samples x 10 epochs: SFT 63 min, KD 141, SeqKD 160, GKD 408, DistiLLM 213, DA-KD 106) by
 # training FLOPs (3 x student + 1 x teacher parameters per token) and by training-set size (SAMSum
@@ -304,43 +304,44 @@ _PAPER_PAIRS = {
 PAPER_PRESET_NEEDS = {
     "llama2-7b-sheared-1.3b": {
         "gpus": "4-8 x 80 GB (A100/A800/H100)",
-        "teacher_sft": "Llama-2-7B full fine-tune: 6.7B x 8 B = 54 GB + ~5 GB activations: configs/accelerate/fsdp.yaml "
-                       "(DDP fits an 80 GB card only just)",
-        "students": "Sheared-LLaMA-1.3B: 1.35B x 8 B = 11 GB + 13.5 GB teacher + ~3 GB = ~28 GB per GPU: "
-                    "configs/accelerate/ddp.yaml (40 GB cards suffice)",
+        "teacher_sft": "Llama-2-7B full fine-tune: ~44 GB per GPU with configs/accelerate/deepspeed_zero2.yaml "
+                       "(80 GB cards), ~36 GB with fsdp.yaml (40 GB cards, tight); DDP needs ~156 GB",
+        "students": "Sheared-LLaMA-1.3B beside the 13.5 GB bf16 teacher: ~46 GB per GPU with "
+                    "configs/accelerate/ddp.yaml (80 GB cards), ~24 GB with deepspeed_zero2.yaml (40 GB)",
         "hours_4gpu": {"teacher_sft (dolly, samsum, gsm8k)": 8, "table1": 13, "table2": 25,
                        "table4/5, sweeps (20 DA-KD runs)": 32, "evaluation": 10, "total": 88},
     },
     "llama2-7b-sheared-2.7b": {
         "gpus": "4 x 80 GB (the paper's Table 3: 4 x A800)",
-        "teacher_sft": "Llama-2-7B full fine-tune: configs/accelerate/fsdp.yaml (as above)",
-        "students": "Sheared-LLaMA-2.7B: 2.7B x 8 B = 22 GB + 13.5 GB teacher + ~5 GB = ~41 GB per GPU: "
-                    "configs/accelerate/ddp.yaml on 80 GB cards, fsdp.yaml on 40 GB",
+        "teacher_sft": "Llama-2-7B full fine-tune: configs/accelerate/deepspeed_zero2.yaml on 80 GB cards, "
+                       "fsdp.yaml on 40 GB (as above)",
+        "students": "Sheared-LLaMA-2.7B beside the 13.5 GB bf16 teacher: ~33 GB per GPU with "
+                    "configs/accelerate/deepspeed_zero2.yaml (80 or 40 GB cards); DDP needs ~78 GB",
         "hours_4gpu": {"teacher_sft": 2.8, "table1/table3 (7 methods)": 21, "figure1 (dakd_full + epoch evals)": 5,
                        "evaluation": 3, "total": 32},
     },
     "qwen2.5-7b-1.5b": {
         "gpus": "4-8 x 80 GB",
-        "teacher_sft": "Qwen2.5-7B full fine-tune: 7.6B x 8 B = 61 GB + activations + 152k-vocabulary logits: "
-                       "configs/accelerate/fsdp.yaml",
-        "students": "Qwen2.5-1.5B: 1.54B x 8 B = 12 GB + 15 GB teacher + ~6 GB (logits) = ~33 GB per GPU: "
-                    "configs/accelerate/ddp.yaml",
+        "teacher_sft": "Qwen2.5-7B full fine-tune: ~52 GB per GPU with configs/accelerate/deepspeed_zero2.yaml "
+                       "on 4 x 80 GB; no strategy fits 4 x 40 GB (ZeRO-3 ~42 GB)",
+        "students": "Qwen2.5-1.5B beside the 15 GB bf16 teacher: ~55 GB per GPU with configs/accelerate/ddp.yaml "
+                    "(80 GB cards), ~30 GB with deepspeed_zero2.yaml (40 GB)",
         "hours_4gpu": {"teacher_sft (dolly, samsum, gsm8k)": 9, "table1": 15, "table2": 28, "evaluation": 6,
                        "total": 58},
     },
     "qwen2.5-7b-0.5b": {
-        "gpus": "4 x 40-80 GB",
-        "teacher_sft": "Qwen2.5-7B full fine-tune: configs/accelerate/fsdp.yaml",
-        "students": "Qwen2.5-0.5B: 0.49B x 8 B = 4 GB + 15 GB teacher + ~5 GB = ~24 GB per GPU: "
-                    "configs/accelerate/ddp.yaml",
+        "gpus": "4 x 80 GB (the teacher SFT does not fit 4 x 40 GB)",
+        "teacher_sft": "Qwen2.5-7B full fine-tune: configs/accelerate/deepspeed_zero2.yaml on 80 GB cards "
+                       "(as above; 40 GB cards are too small for it)",
+        "students": "Qwen2.5-0.5B beside the 15 GB bf16 teacher: ~30 GB per GPU with configs/accelerate/ddp.yaml",
         "hours_4gpu": {"teacher_sft": 3, "table1": 11, "evaluation": 3, "total": 17},
     },
     "llama3.2-3b-1b": {
         "gpus": "4 x 40-80 GB",
-        "teacher_sft": "Llama-3.2-3B full fine-tune: 3.2B x 8 B = 26 GB + ~4 GB: configs/accelerate/ddp.yaml "
-                       "(80 GB) or fsdp.yaml (40 GB)",
-        "students": "Llama-3.2-1B: 1.24B x 8 B = 10 GB + 6.4 GB teacher + ~4 GB (128k-vocabulary logits) = "
-                    "~20 GB per GPU: configs/accelerate/ddp.yaml",
+        "teacher_sft": "Llama-3.2-3B full fine-tune: ~24 GB per GPU with configs/accelerate/deepspeed_zero2.yaml "
+                       "(80 or 40 GB cards); DDP needs ~77 GB",
+        "students": "Llama-3.2-1B beside the 6.4 GB bf16 teacher: ~38 GB per GPU with configs/accelerate/ddp.yaml "
+                    "(80 GB cards), ~18 GB with deepspeed_zero2.yaml (40 GB)",
         "hours_4gpu": {"teacher_sft (samsum, gsm8k)": 3, "table2": 14, "evaluation": 1, "total": 18},
     },
 }
