@@ -32,7 +32,8 @@ METHOD_LOSSES = {k: m.losses for k, m in _DECLARED.items() if m.losses}
 # (and its finished results stay reusable); any other value changes the hash.
 _HASH_OMIT_AT_DEFAULT = ("beta", "student_data_fraction", "gen_max_new_tokens", "gen_temperature",
                          "sgo_init_prob", "sgo_prob_step", "sgo_loss_eps", "sgo_max_prob",
-                         "replay_buffer_size", "sgo_val_samples", "teacher_cache_k")
+                         "replay_buffer_size", "sgo_val_samples", "teacher_cache_k",
+                         "save_dtype")
 
 
 @dataclass
@@ -46,7 +47,10 @@ class DistillConfig:
     # models
     teacher: str = "smollm2-135m-instruct"  # alias, local folder or hub name
     student: str = "smollm2-student-l6"
-    dtype: str = "float32"  # parameter dtype; "bfloat16" on GPUs
+    dtype: str = "float32"  # compute dtype: the frozen teacher's weights and the student's forward
+    # ("bfloat16" on GPUs: accelerate's mixed precision, the student's weights and AdamW state kept
+    # in float32 as master copies); evaluation loads models in it
+    save_dtype: str = "float32"  # dtype of the saved student (its weights train in float32)
     trust_remote_code: bool = False
     # method
     method: str = "dakd"  # "teacher" (eval only), "sft", "kd" (full data, `loss`), "dakd" (DiffUp + `loss`),
@@ -154,12 +158,14 @@ class DistillConfig:
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be smaller than max_length")
         if self.dtype == "float16" and self.method != "teacher":
-            # measured: AdamW keeps its state in the weights' dtype, and in float16 g^2 of a
-            # gradient below ~2e-3 underflows to 0 while eps 1e-8 rounds to 0, so the first step
-            # turns those weights into inf (the run then stops with NonFiniteLossError)
-            raise ValueError("dtype 'float16' cannot be trained with AdamW (its state underflows: "
-                             "inf weights after one step); use 'bfloat16' or 'float32' "
-                             "(float16 is fine for method 'teacher', evaluation only)")
+            # float16 compute needs loss scaling (accelerate's fp16 GradScaler), which the loop's
+            # gradient-norm check before the step does not account for; bfloat16 needs none
+            raise ValueError("dtype 'float16' is not supported for training (fp16 compute needs loss "
+                             "scaling); use 'bfloat16' or 'float32' (float16 is fine for method "
+                             "'teacher', evaluation only)")
+        for name in ("dtype", "save_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{name} must be one of 'float32', 'bfloat16', 'float16', got {getattr(self, name)!r}")
         self.eval_datasets = tuple(self.eval_datasets)
         self.eval_seeds = tuple(self.eval_seeds)
 
