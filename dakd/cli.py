@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one run from a config JSON")
     t.add_argument("--config", required=True)
+    t.add_argument("--stop-after", type=int, default=None,
+                   help="return after this many epochs (checkpointed); the next call resumes")
     e = sub.add_parser("evaluate", help="evaluate one run's model on its eval_datasets (data-parallel "
                                         "under accelerate launch); the main process writes --out")
     e.add_argument("--config", required=True)
@@ -62,17 +64,16 @@ def main(argv=None) -> int:
         from .config import DistillConfig
         from .train import train
 
-        train(DistillConfig.from_dict(json.loads(Path(a.config).read_text())))
+        train(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), stop_after=a.stop_after)
     elif a.cmd == "evaluate":
-        import torch
-        from accelerate import Accelerator
-
         from .config import DistillConfig
-        from .pipeline import evaluate_run
         from .io import write_json
+        from .launch import make_accelerator
+        from .pipeline import evaluate_run
 
-        acc = Accelerator(cpu=not torch.cuda.is_available())
-        evals = evaluate_run(DistillConfig.from_dict(json.loads(Path(a.config).read_text())), acc,
+        cfg = DistillConfig.from_dict(json.loads(Path(a.config).read_text()))
+        acc = make_accelerator(cfg.dtype)
+        evals = evaluate_run(cfg, acc,
                              model_path=a.model, datasets=a.datasets)
         if acc.is_main_process:
             write_json(a.out, evals)

@@ -32,7 +32,8 @@ METHOD_LOSSES = {k: m.losses for k, m in _DECLARED.items() if m.losses}
 # (and its finished results stay reusable); any other value changes the hash.
 _HASH_OMIT_AT_DEFAULT = ("beta", "student_data_fraction", "gen_max_new_tokens", "gen_temperature",
                          "sgo_init_prob", "sgo_prob_step", "sgo_loss_eps", "sgo_max_prob",
-                         "replay_buffer_size", "sgo_val_samples", "teacher_cache_k")
+                         "replay_buffer_size", "sgo_val_samples", "teacher_cache_k",
+                         "save_dtype")
 
 # parameter dtypes a run may ask for (`dakd.models.load_model` takes the torch dtype of that name)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -79,7 +80,10 @@ class DistillConfig:
     # models
     teacher: str = "smollm2-135m-instruct"  # alias, local folder or hub name
     student: str = "smollm2-student-l6"
-    dtype: str = "float32"  # parameter dtype; "bfloat16" on GPUs
+    dtype: str = "float32"  # compute dtype: the frozen teacher's weights and the student's forward
+    # ("bfloat16" on GPUs: accelerate's mixed precision, the student's weights and AdamW state kept
+    # in float32 as master copies); evaluation loads models in it
+    save_dtype: str = "float32"  # dtype of the saved student (its weights train in float32)
     trust_remote_code: bool = False
     # method
     method: str = "dakd"  # "teacher" (eval only), "sft", "kd" (full data, `loss`), "dakd" (DiffUp + `loss`),
@@ -211,12 +215,16 @@ class DistillConfig:
                 raise ValueError(f"loss {loss!r}: {why}, so training would not move the student; set "
                                  "allow_degenerate_loss=True to run it anyway (e.g. to show the collapse)")
         if self.dtype == "float16" and self.method != "teacher":
-            # measured: AdamW keeps its state in the weights' dtype, and in float16 g^2 of a
-            # gradient below ~2e-3 underflows to 0 while eps 1e-8 rounds to 0, so the first step
-            # turns those weights into inf (the run then stops with NonFiniteLossError)
-            raise ValueError("dtype 'float16' cannot be trained with AdamW (its state underflows: "
-                             "inf weights after one step); use 'bfloat16' or 'float32' "
-                             "(float16 is fine for method 'teacher', evaluation only)")
+            # float16 compute needs loss scaling (accelerate's fp16 GradScaler), which the loop's
+            # gradient-norm check before the step does not account for; bfloat16 needs none
+            raise ValueError("dtype 'float16' is not supported for training (fp16 compute needs loss "
+                             "scaling); use 'bfloat16' or 'float32' (float16 is fine for method "
+                             "'teacher', evaluation only)")
+        if self.dtype == "float64" and self.method != "teacher":
+            raise ValueError("dtype 'float64' is for evaluation (method 'teacher') only: training keeps float32 "
+                             "master weights and computes in float32 or bfloat16")
+        if self.save_dtype not in DTYPES:
+            raise ValueError(f"save_dtype must be one of {DTYPES}, got {self.save_dtype!r}")
 
     def to_dict(self) -> dict:
         """Every field by name (tuples stay tuples), as written to ``config.json``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -127,11 +128,15 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
     was_training = model.training
     model.eval()
     out = torch.zeros(n)
-    for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=rank != 0, leave=False):
+    # the same number of forward passes on every process (sharded models gather in each one): a
+    # shorter share scores its first sample again and discards it
+    n_batches = math.ceil(math.ceil(n / world) / batch_size)
+    for s in tqdm(range(0, n_batches * batch_size, batch_size), desc=desc, disable=rank != 0, leave=False):
         idx = mine[s:s + batch_size]
-        b = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+        b = {k: v.to(device) for k, v in collate([examples[i] for i in idx or order[:1]]).items()}
         rows = response_logits(model, b["input_ids"], b["attention_mask"], predicting_positions(b["response_mask"]))
-        out[idx] = response_ce_rows(rows[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
+        if idx:
+            out[idx] = response_ce_rows(rows[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
     model.train(was_training)
     if world > 1:
         # every process filled a disjoint set of positions; a sum reassembles the full vector

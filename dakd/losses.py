@@ -230,7 +230,7 @@ def _scalar(per_token):
         # max(., 1): a batch without response tokens gives 0 (tok is all zeros), not 0 / 0 = nan
         return tok.sum() / max(count, 1)
     loss.__name__ = loss.__qualname__ = per_token.__name__.removesuffix("_per_token")
-    loss.__doc__ = per_token.__doc__.replace(_PER_TOKEN, _SCALAR)
+    loss.__doc__ = (per_token.__doc__ or "").replace(_PER_TOKEN, _SCALAR)
     return loss
 
 

@@ -14,6 +14,7 @@ weights, so a short CPU distillation already produces fluent text; a narrow rand
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -224,6 +225,47 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float3
                                                 trust_remote_code=trust_remote_code)
 
 
+def default_device() -> torch.device:
+    """The device a single process computes on: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def head_size(model) -> int:
+    """Rows of a loaded model's LM head; under DeepSpeed ZeRO-3 the full row count of the
+    partitioned weight (``ds_shape``), not its local 0 rows."""
+    w = model.get_output_embeddings().weight
+    return int(getattr(w, "ds_shape", w.shape)[0])
+
+
+@contextlib.contextmanager
+def outside_zero3():
+    """Models loaded or built inside are whole on every process: under DeepSpeed ZeRO-3 accelerate
+    registers its config with transformers (whatever ``zero3_init_flag`` says), and
+    ``from_pretrained`` / ``from_config`` then partition every model (``zero.Init``), leaving each
+    process 0-element weights that no forward outside the engine can use. Unregistered for the
+    ``with`` block only; a no-op without ZeRO-3."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    from accelerate.state import AcceleratorState
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        AcceleratorState().deepspeed_plugin.set_deepspeed_weakref()
+
+
+def load_frozen(name_or_path: str | Path, dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False):
+    """A model that is never trained here (the teacher, a model under evaluation): whole on every
+    process (`outside_zero3`), in eval mode, without gradients. Arguments as `load_model`."""
+    with outside_zero3():
+        model = load_model(name_or_path, dtype, trust_remote_code)
+    return model.eval().requires_grad_(False)
+
+
 def head_rows(name_or_path: str | Path, trust_remote_code: bool = False) -> int | None:
     """Rows of a model's LM head (its vocabulary size) read from its config, without loading the
     weights: ``vocab_size`` of ``AutoConfig`` (of its text config for multimodal configs).
@@ -259,7 +301,7 @@ def check_pair(teacher_tok, student_tok, teacher_model=None, student_model=None)
                          f"teacher-only e.g. {only_t}, student-only e.g. {only_s}): "
                          "distillation over next-token distributions needs one shared tokenizer")
     n_tok = len(teacher_tok)
-    rows = [m if isinstance(m, int) else m.get_output_embeddings().weight.shape[0]
+    rows = [m if isinstance(m, int) else head_size(m)
             for m in (teacher_model, student_model) if m is not None]
     v = min(rows) if rows else n_tok
     if v < n_tok:

@@ -119,20 +119,25 @@ def launch_env(cpu: bool = False) -> dict:
 
 
 def launch_training(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False,
-                    config_file: str | None = None) -> dict:
+                    config_file: str | None = None, stop_after: int | None = None) -> dict | None:
     """Train in this process (``num_processes == 1``) or in ``accelerate launch`` subprocesses.
 
     A notebook kernel must not initialise CUDA before the launch, so multi-process training always
-    goes through a subprocess (command: `accelerate_command`). Returns the train log.
+    goes through a subprocess (command: `accelerate_command`). Returns the train log; None when
+    ``stop_after`` (`dakd.train.train`) stopped it before its last epoch.
 
     Raises:
         subprocess.CalledProcessError: the training failed.
     """
     if num_processes <= 1 and not cpu:
         from .train import train
-        return train(cfg)
-    _launch_cli(cfg, "train", num_processes, cpu, config_file)
-    return json.loads((Path(cfg.output_dir) / "train_log.json").read_text())
+        log = train(cfg, stop_after=stop_after)
+        return log if len(log["epochs"]) == cfg.epochs else None
+    log = Path(cfg.output_dir) / "train_log.json"
+    log.unlink(missing_ok=True)
+    _launch_cli(cfg, "train", num_processes, cpu, config_file,
+                *([] if stop_after is None else ["--stop-after", str(stop_after)]))
+    return json.loads(log.read_text()) if log.exists() else None
 
 
 def _launch_cli(cfg: DistillConfig, command: str, num_processes: int, cpu: bool,
@@ -161,13 +166,14 @@ def evaluate_run(cfg: DistillConfig, accelerator=None, model_path: str | Path | 
     length where it has one (SAMSum 128, GSM8K 256; `tasks.EVAL_SETS`).
     """
     from .evaluate import evaluate_model
-    from .models import load_model, load_tokenizer
+    from .models import default_device, load_frozen, load_tokenizer
     from .tasks import eval_spec
 
     path = model_path or (cfg.teacher if cfg.method == "teacher" else Path(cfg.output_dir) / "student")
-    model, tok = load_model(path, cfg.dtype, cfg.trust_remote_code), load_tokenizer(path, cfg.trust_remote_code)
-    if accelerator is not None:
-        model = model.to(accelerator.device)
+    model = load_frozen(path, cfg.dtype, cfg.trust_remote_code)
+    tok = load_tokenizer(path, cfg.trust_remote_code)
+    # one process without an accelerator (run_all.sh --gpus 1) evaluates on the GPU when there is one
+    model = model.to(accelerator.device if accelerator is not None else default_device())
     evals = {}
     for ds in datasets or cfg.eval_datasets:
         own = eval_spec(ds).max_new_tokens

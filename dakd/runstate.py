@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .io import write_json
-from .models import load_model, resolve_model
+from .models import load_model, outside_zero3, resolve_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,15 +93,41 @@ class CostRecord:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def save_student(accelerator, student, folder: Path, dtype: str = "float32", tokenizer=None) -> None:
+    """Save the (prepared) student as an ordinary transformers checkpoint in ``dtype``.
+
+    Every process must call it: under FSDP2 and ZeRO-3 the full state dict is gathered from all
+    processes (`accelerate.Accelerator.get_state_dict`); the main process writes it (with the
+    tokenizer, when given)."""
+    state = accelerator.get_state_dict(student)
+    if accelerator.is_main_process:
+        want = getattr(torch, dtype)
+        state = {k: v.to(want) if v.is_floating_point() else v for k, v in state.items()}
+        accelerator.unwrap_model(student).save_pretrained(folder, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+
 def save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: dict, extra: dict | None = None) -> None:
     """Atomically replace ``out/checkpoint`` with the state after a finished epoch; ``extra``
-    (plain containers and tensors) goes into ``trainer_state.pt`` beside optimizer and scheduler."""
+    (plain containers and tensors) goes into ``trainer_state.pt`` beside optimizer and scheduler.
+    Every process must call it (the student's weights are gathered from all); the main process
+    writes. The student is saved in float32, the master weights a resume continues from. Under a
+    sharding strategy (FSDP2, DeepSpeed) each process's optimizer shard is written by accelerate's
+    ``save_state`` into ``accelerate_state/`` (`sharded_optimizer`); else the main process's full
+    optimizer state goes into ``trainer_state.pt``."""
+    final, tmp = out / "checkpoint", out / "checkpoint.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    save_student(accelerator, student, tmp / "student")
+    sharded = sharded_optimizer(accelerator)
+    if sharded:
+        accelerator.save_state(str(tmp / "accelerate_state"))
+    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    final, tmp = out / "checkpoint", out / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(student).save_pretrained(tmp / "student")
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+    torch.save({"optimizer": None if sharded else opt.state_dict(), "scheduler": sched.state_dict(),
                 "generator": gen.get_state(), "extra": extra or {}}, tmp / "trainer_state.pt")
     write_json(tmp / "state.json", state)
     # a directory cannot replace a non-empty one in one rename: the previous checkpoint goes to
@@ -113,6 +139,14 @@ def save_checkpoint(out: Path, accelerator, student, opt, sched, gen, state: dic
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sharded_optimizer(accelerator) -> bool:
+    """Whether each process holds only a shard of the optimizer state (FSDP, DeepSpeed ZeRO), so a
+    checkpoint needs every process's part (accelerate's ``save_state`` / ``load_state``)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def find_checkpoint(out: Path) -> Path | None:
@@ -152,7 +186,8 @@ def read_trainer_state(ckpt: Path) -> dict:
         CheckpointError: truncated, foreign or missing.
     """
     try:
-        return torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        # on the CPU: the optimizer moves its state to its parameters' device when loading it
+        return torch.load(ckpt / "trainer_state.pt", weights_only=True, map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"{ckpt / 'trainer_state.pt'}: unreadable or not this run's trainer "
                               f"state ({type(e).__name__}: {e}); delete {ckpt} to start over") from e
@@ -168,13 +203,14 @@ def load_checkpoint_student(ckpt: Path, cfg):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = ckpt / "student"
-    try:
-        model = load_model(folder, cfg.dtype, cfg.trust_remote_code)
+    try:  # whole on every process (the engine shards it when prepared); master weights: float32
+        with outside_zero3():
+            model = load_model(folder, torch.float32, cfg.trust_remote_code)
     except Exception as e:  # any failure here means a damaged checkpoint
         raise CheckpointError(f"{folder}: cannot load the checkpoint's student ({type(e).__name__}: "
                               f"{e}); delete {ckpt} to start over") from e
     conf = AutoConfig.from_pretrained(resolve_model(cfg.student), trust_remote_code=cfg.trust_remote_code)
-    with torch.device("meta"):
+    with torch.device("meta"), outside_zero3():
         ref = AutoModelForCausalLM.from_config(conf, trust_remote_code=cfg.trust_remote_code)
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .data import DistillCollator
 from .data import examples_hash as data_hash
 from .io import save_tensor
+from .models import head_size
 from .losses import get_per_token_loss
 
 FORMAT = "dakd-topk-teacher-cache/1"
@@ -112,7 +113,7 @@ def build_topk_cache(teacher, examples: list[dict], pad_token_id: int, k: int, p
         ValueError: k outside [1, V], duplicate sample ids, or a bad logp_dtype.
     """
     dtype_name = _dtype_name(logp_dtype)
-    head = teacher.get_output_embeddings().weight.shape[0]
+    head = head_size(teacher)
     V = vocab or head
     if not 1 <= k <= V:
         raise ValueError(f"k must lie in [1, {V}] (the vocabulary), got {k}")
@@ -419,7 +420,7 @@ def load_or_build_topk_cache(teacher, examples: list[dict], pad_token_id: int, k
     """
     if teacher is None and vocab is None:
         raise ValueError("load_or_build_topk_cache: without a teacher, vocab must be given")
-    V = vocab or teacher.get_output_embeddings().weight.shape[0]
+    V = vocab or head_size(teacher)
     path = topk_cache_path(teacher_name, examples, k, max_length, V, logp_dtype, folder)
     hit = path.exists()
     if not hit and teacher is None:

@@ -37,18 +37,20 @@ from transformers import get_cosine_schedule_with_warmup
 from . import baselines, data, tasks
 from .config import DistillConfig, run_metadata
 from .io import write_json
+from .launch import MIXED_PRECISION, make_accelerator
 from .methods import METHODS, build_parts
 from .methods.objectives import token_losses  # noqa: F401  (the functional loss, for benchmarks and tests)
 from .methods.selectors import SELECTORS
 from .methods.sources import SOURCES, sgo_validation_source  # noqa: F401
-from .models import check_pair, head_rows, load_model, load_tokenizer, resolve_model
+from .models import check_pair, head_rows, head_size, load_frozen, load_model, load_tokenizer, resolve_model
 from .runstate import (CheckpointError, CostRecord, NonFiniteLossError, Run, find_checkpoint,  # noqa: F401
-                       load_checkpoint_student, read_state, read_trainer_state, save_checkpoint)
+                       load_checkpoint_student, read_state, read_trainer_state, save_checkpoint,
+                       save_student, sharded_optimizer)
 
 
 # ----------------------------------------------------------------------------- the spine
 
-def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
+def train(cfg: DistillConfig, accelerator=None, resume: bool = True, stop_after: int | None = None) -> dict:
     """Run one distillation (or SFT) and write its JSON records; returns the train log.
 
     The method's declaration (`dakd.methods.METHODS`) names its three parts: the *selector* picks
@@ -69,7 +71,8 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
 
     Resume: with ``resume`` the last finished epoch in ``output_dir/checkpoint`` is resumed when
     it was written by the same config hash (another config's checkpoint is ignored: training starts
-    over and replaces it).
+    over and replaces it). ``stop_after``: return after that many epochs of this call (checkpointed
+    when ``save_checkpoints``), without the final student: a long run done over several sittings.
 
     Raises:
         NonFiniteLossError: a loss or the gradient norm of a step was not finite; the message names
@@ -81,7 +84,9 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
     """
     run = setup(cfg, accelerator, resume)
     selector, source, objective = run.parts
-    for epoch in range(len(run.state["epochs"]), cfg.epochs):
+    first = len(run.state["epochs"])
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, first + stop_after)
+    for epoch in range(first, last):
         rec = {"epoch": epoch, "ratio": selector.ratio(epoch), "num_samples": len(run.examples)}
         source.begin_epoch(run, epoch, rec)
         with run.cost.timed("dds_seconds", into=rec, as_key="dds_seconds"):
@@ -105,6 +110,9 @@ def train(cfg: DistillConfig, accelerator=None, resume: bool = True) -> dict:
                 "lr_end": run.sched.get_last_lr()[0]}
         rec |= source.end_epoch(run, rec) | {"iterations_end": run.cost["iterations"]}
         finish_epoch(run, rec)
+    if last < cfg.epochs:
+        run.accelerator.print(f"[dakd] stopped after epoch {last - 1} of {cfg.epochs} (stop_after={stop_after})")
+        return run.meta | run.state
     return finish(run)
 
 
@@ -130,21 +138,32 @@ def train_step(run: Run, share, objective, observe=None, where: str = "") -> flo
     """
     acc, cfg = run.accelerator, run.cfg
     collate = data.DistillCollator(run.tok.pad_token_id)
-    micro = [share.examples[j:j + cfg.micro_batch_size] for j in range(0, len(share.examples), cfg.micro_batch_size)]
+    micro = [(share.examples[j:j + cfg.micro_batch_size], share.weight)
+             for j in range(0, len(share.examples), cfg.micro_batch_size)]
+    # every process runs the same number of forward passes (FSDP2 and ZeRO-3 gather parameters in
+    # each one, and a process that stops early leaves the others waiting): a shorter share is padded
+    # with zero-weight stand-ins up to the micro-batches of the largest share of this global batch
+    n_micro = math.ceil(math.ceil(len(share.sample_ids) / run.world) / cfg.micro_batch_size)
+    micro += [(share.examples[:1], 0.0)] * (n_micro - len(micro))
     step_loss = torch.zeros((), device=acc.device)
-    for j, mb in enumerate(micro):
+    for j, (mb, weight) in enumerate(micro):
         batch = {k: v.to(acc.device) for k, v in collate(mb).items()}
-        with acc.no_sync(run.student) if j < len(micro) - 1 else contextlib.nullcontext():
+        last = j == len(micro) - 1
+        acc.sync_gradients = last  # DeepSpeed steps its engine only at the boundary
+        with acc.no_sync(run.student) if not last else contextlib.nullcontext():
             per_tok, t_rows = objective(run.student, batch, [e["sample_id"] for e in mb])
-            if observe is not None and share.weight:
+            if observe is not None and weight:
                 observe(mb, batch, t_rows)
             del t_rows
-            loss = per_tok.sum() * (share.weight * run.world / max(share.n_tok, 1))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss {loss.item()} at {where}, sample ids "
-                                         f"{[e['sample_id'] for e in mb]}; the step was not taken")
+            loss = per_tok.sum() * (weight * run.world / max(share.n_tok, 1))
+            finite = bool(torch.isfinite(loss))
+            if not all_processes(acc, finite):  # every process stops, none waits in backward
+                raise NonFiniteLossError(
+                    (f"non-finite loss {loss.item()} at {where}, sample ids {[e['sample_id'] for e in mb]}"
+                     if not finite else f"non-finite loss on another process at {where}")
+                    + "; the step was not taken")
             acc.backward(loss)
-        step_loss += per_tok.detach().sum() * share.weight
+        step_loss += per_tok.detach().sum() * weight
     # the loss check above cannot see a gradient that overflows in backward (half precision):
     # the norm clipping computes anyway is checked before stepping
     norm = acc.clip_grad_norm_(run.student.parameters(), cfg.max_grad_norm)
@@ -176,10 +195,8 @@ def finish_epoch(run: Run, rec: dict) -> None:
     acc.print(f"[dakd] epoch {rec['epoch']}: r={rec['ratio']:.3f} |D'|={rec['subset_size']} steps={rec['steps']} "
               f"loss={rec['mean_loss']:.4f} nats/token ({rec['train_seconds']:.1f}s train, "
               f"{rec['dds_seconds']:.1f}s DDS, {rec['generated_batches']} generated batches)")
-    if cfg.save_epoch_students and acc.is_main_process:
-        folder = run.out / "epoch_students" / f"epoch{rec['epoch']}"
-        acc.unwrap_model(run.student).save_pretrained(folder)
-        run.tok.save_pretrained(folder)
+    if cfg.save_epoch_students:
+        save_student(acc, run.student, run.out / "epoch_students" / f"epoch{rec['epoch']}", cfg.save_dtype, run.tok)
     if cfg.save_checkpoints:
         extra: dict = {}
         for part in run.parts:
@@ -192,9 +209,8 @@ def finish(run: Run) -> dict:
     """Close the cost record, save the final student and ``train_log.json``; returns the log."""
     run.cost.finish(run.t_start)
     log = run.meta | run.state
+    save_student(run.accelerator, run.student, run.out / "student", run.cfg.save_dtype, run.tok)
     if run.accelerator.is_main_process:
-        run.accelerator.unwrap_model(run.student).save_pretrained(run.out / "student")
-        run.tok.save_pretrained(run.out / "student")
         write_json(run.out / "train_log.json", log)
     run.accelerator.wait_for_everyone()
     return log
@@ -211,10 +227,12 @@ def setup(cfg: DistillConfig, accelerator=None, resume: bool = True) -> Run:
         ValueError: no training sample is left after filtering, or the pair shares no tokenizer.
         CheckpointError: as `train`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator(cfg.dtype)
+    if accelerator.mixed_precision != MIXED_PRECISION[cfg.dtype]:
+        raise ValueError(f"dtype {cfg.dtype!r} trains with accelerate mixed_precision "
+                         f"{MIXED_PRECISION[cfg.dtype]!r}, but the accelerator given has {accelerator.mixed_precision!r}")
     set_seed(cfg.seed)
     run = Run(cfg, accelerator, Path(cfg.output_dir), None, [], t_start=time.perf_counter(), meta=run_metadata(cfg))
     if accelerator.is_main_process:
@@ -225,7 +243,7 @@ def setup(cfg: DistillConfig, accelerator=None, resume: bool = True) -> Run:
     seqkd_info = None
     if method.teacher_responses:
         def load_teacher():
-            return load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).to(accelerator.device).eval()
+            return load_frozen(cfg.teacher, cfg.dtype, cfg.trust_remote_code).to(accelerator.device)
         records, seqkd_info = baselines.seqkd_records(cfg, records, run.tok, load_teacher, accelerator, run.out)
     run.examples, report = data.tokenize_records(records, run.tok, cfg.prompt_style, cfg.max_prompt_length,
                                                  cfg.max_length)
@@ -235,14 +253,18 @@ def setup(cfg: DistillConfig, accelerator=None, resume: bool = True) -> Run:
         raise ValueError(f"no training sample of {cfg.dataset!r} is left after filtering ({report}); "
                          f"raise max_prompt_length ({cfg.max_prompt_length}) or max_length ({cfg.max_length})")
     ckpt, saved, d_hash = _resume_point(run, resume)
-    student = load_checkpoint_student(ckpt, cfg) if saved else load_model(cfg.student, cfg.dtype, cfg.trust_remote_code)
+    # the trained weights (and so AdamW's state) stay float32, the master copy; cfg.dtype is the
+    # compute dtype (accelerate's autocast / FSDP2 param_dtype / DeepSpeed bf16)
+    student = (load_checkpoint_student(ckpt, cfg) if saved
+               else load_model(cfg.student, torch.float32, cfg.trust_remote_code))
     student.config.use_cache = False
-    run.student, run.vocab = student, student.get_output_embeddings().weight.shape[0]
+    run.student, run.vocab = student, head_size(student)
     topk_record = _load_teacher(run) if method.needs_teacher else None
     run.parts = build_parts(run)
     _prepare(run, SELECTORS[method.selector].plan(cfg, n))
     state = {"epochs": [], "cost": CostRecord().data, "filter": report.to_dict(), "num_samples": n,
-             "planned_iterations": run.total_steps, "config_hash": run.meta["config_hash"], "data_hash": d_hash}
+             "planned_iterations": run.total_steps, "config_hash": run.meta["config_hash"], "data_hash": d_hash,
+             "num_processes": accelerator.num_processes}
     if seqkd_info is not None:
         state["filter"]["empty_generation"] = seqkd_info["empty_generation"]
         state["seqkd"] = seqkd_info
@@ -284,6 +306,9 @@ def _resume_point(run: Run, resume: bool):
         acc.print(f"[dakd] {ckpt} is of config {saved['config_hash']}, not "
                   f"{run.meta['config_hash']}: not resumed, training starts over")
         return None, None, d_hash
+    if sharded_optimizer(acc) and saved.get("num_processes") != acc.num_processes:
+        raise CheckpointError(f"{ckpt / 'state.json'}: its optimizer is sharded over {saved.get('num_processes')} "
+                              f"processes, not {acc.num_processes}; resume with as many, or delete {ckpt}")
     if (saved["num_samples"], saved.get("data_hash", d_hash)) != (n, d_hash):
         raise CheckpointError(f"{ckpt / 'state.json'}: written for other training data "
                               f"({saved['num_samples']} samples, data hash {saved.get('data_hash')}; "
@@ -312,7 +337,7 @@ def _load_teacher(run: Run) -> dict | None:
                                    run.vocab)
             hit = all_processes(acc, path.exists())
     if not hit:
-        run.teacher = load_model(cfg.teacher, cfg.dtype, cfg.trust_remote_code).eval().requires_grad_(False)
+        run.teacher = load_frozen(cfg.teacher, cfg.dtype, cfg.trust_remote_code)
         run.vocab = check_pair(teacher_tok, run.tok, run.teacher, run.student)
     if not cfg.teacher_cache_k:
         return None
@@ -351,7 +376,10 @@ def _restore(run: Run, ckpt: Path) -> dict:
     """
     ts = read_trainer_state(ckpt)
     try:
-        run.opt.load_state_dict(ts["optimizer"])
+        if sharded_optimizer(run.accelerator):  # every process reads its own optimizer shard
+            run.accelerator.load_state(str(ckpt / "accelerate_state"))
+        else:
+            run.opt.load_state_dict(ts["optimizer"])
         run.sched.load_state_dict(ts["scheduler"])
         run.gen.set_state(ts["generator"])
     except Exception as e:  # foreign or mismatched: refused alike
