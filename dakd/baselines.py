@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from . import data as D
+from . import data
 from .decoding import generate_ids, left_pad, protocol_generation_config
 from .models import cache_dir, resolve_model, weight_files
 
@@ -167,7 +167,7 @@ def build_generated_batch(prompts: list[list[int]], generations: list[list[int]]
     ids = sample_ids if sample_ids is not None else list(range(len(prompts)))
     prompt_examples = [{"input_ids": list(p), "prompt_length": len(p), "sample_id": s, "index": i}
                        for i, (p, s) in enumerate(zip(prompts, ids))]
-    return D.DistillCollator(pad_token_id)(generated_examples(prompt_examples, generations))
+    return data.DistillCollator(pad_token_id)(generated_examples(prompt_examples, generations))
 
 
 class ReplayBuffer:
@@ -347,7 +347,7 @@ def seqkd_records(cfg, records: list[dict], tokenizer, load_teacher, accelerator
         ``from_cache``, ``generated`` (responses), ``empty_generation``, ``generation_seconds``.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    texts, _, _, positions = D.prompts_for_generation(records, tokenizer, cfg.prompt_style, cfg.max_prompt_length)
+    texts, _, _, positions = data.prompts_for_generation(records, tokenizer, cfg.prompt_style, cfg.max_prompt_length)
     key_fields = {"teacher": teacher_fingerprint(cfg.teacher), "dataset": cfg.dataset,
                   "train_samples": cfg.train_samples, "seed": cfg.seed, "prompt_style": cfg.prompt_style,
                   "max_prompt_length": cfg.max_prompt_length, "max_length": cfg.max_length,
@@ -361,7 +361,7 @@ def seqkd_records(cfg, records: list[dict], tokenizer, load_teacher, accelerator
     from_cache = cached is not None
     if cached is None:
         teacher = load_teacher()
-        prompt_ids = D.encode_prompts(tokenizer, texts)
+        prompt_ids = data.encode_prompts(tokenizer, texts)
         mine = list(range(rank, len(texts), world))
         gens = sample_responses(teacher, [prompt_ids[j] for j in mine], tokenizer.pad_token_id,
                                 tokenizer.eos_token_id, cfg.gen_max_new_tokens, cfg.gen_temperature,

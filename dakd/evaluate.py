@@ -19,8 +19,8 @@ import torch
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
-from . import data as D
-from . import tasks as T
+from . import data
+from . import tasks
 from .decoding import decoding_record, generate_ids, left_pad, protocol_generation_config
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -59,7 +59,7 @@ def generate(model, tokenizer, prompts: list[str], seed: int | None, max_new_tok
     """
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    ids = D.encode_prompts(tokenizer, prompts)
+    ids = data.encode_prompts(tokenizer, prompts)
     out: list[str | None] = [None] * len(prompts)
     sampled = seed is not None
     gcfg = protocol_generation_config(do_sample=sampled, temperature=1.0, top_k=0, top_p=1.0,
@@ -131,10 +131,10 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
         RuntimeError: the processes gathered another number of scores than prompts (a broken
             data-parallel split; never silently averaged).
     """
-    spec = T.eval_spec(dataset)
-    records = T.load_eval_records(dataset, limit)
-    prompts, _, report, kept = D.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
-    refs = [T.references(dataset, records[i]) for i in kept]
+    spec = tasks.eval_spec(dataset)
+    records = tasks.load_eval_records(dataset, limit)
+    prompts, _, report, kept = data.prompts_for_generation(records, tokenizer, prompt_style, max_prompt_length)
+    refs = [tasks.references(dataset, records[i]) for i in kept]
     score = _scorer(spec.metric)
     if spec.greedy:
         seeds = (None,)
@@ -177,5 +177,5 @@ def evaluate_model(model, tokenizer, dataset: str = "dolly", prompt_style: str =
 
 def _scorer(metric: str):
     if metric == "accuracy":
-        return lambda out, gold: 100.0 * T.gsm8k_correct(out, gold)
+        return lambda out, gold: 100.0 * tasks.gsm8k_correct(out, gold)
     return rouge_l

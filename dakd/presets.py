@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import DistillConfig
+from .methods import METHODS
 from .models import DEFAULT_STUDENT, DEFAULT_TEACHER, TINY_STUDENT, TINY_TEACHER
 
 TABLES = ("table1", "table2", "table3", "figure1", "table4", "table5", "lambda_sweep", "tau_sweep",
@@ -91,52 +92,76 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
     for sets in (table1_eval, ablation_eval):
         if sets[0] != "dolly":
             raise ValueError(f"the Dolly-trained runs must be evaluated on dolly first, got {sets}")
-    runs: dict[str, DistillConfig] = {}
-    tab: dict[str, list[str]] = {}
-    hub_teacher = base.teacher
+    suite = _Suite(root, base.teacher, teacher_sft)
+    if _DOLLY_TABLES & set(tables):
+        suite.dolly(base, tables, table1_eval, ablation_eval, baseline or {})
+    if "table2" in tables:
+        suite.tasks(base, task or {}, baseline or {})
+    runs, tab = suite.runs, suite.tab
+    # run order: teacher fine-tuning first (later runs load its output), then the rest as added
+    order = sorted(runs, key=lambda k: not k.endswith("teacher_sft"))
+    return {k: runs[k] for k in order}, {t: tab[t] for t in TABLES if t in tab}
 
-    def add(name: str, cfg: DistillConfig) -> str:
-        cfg = cfg.replace(output_dir=f"{root}/{name}")
-        if name in runs and runs[name] != cfg:  # one run name is one config
+
+_DOLLY_TABLES = {"table1", "table3", "figure1", "table4", "table5", "lambda_sweep", "tau_sweep", "schedules"}
+
+
+def _baselines(inst: DistillConfig, gen: DistillConfig) -> dict[str, DistillConfig]:
+    """Table 1's baseline rows on a base config (``gen``: the base with the generation settings of
+    SeqKD, GKD and DistiLLM); GKD and DistiLLM train with their declared default loss
+    (`dakd.methods.METHODS`: JSD; skew reverse KL, DistiLLM's setting for decoder LLMs)."""
+    return {"sft": inst.replace(method="sft"),
+            "kd_kl": inst.replace(method="kd", loss="forward_kl"),
+            "kd_rkl": inst.replace(method="kd", loss="reverse_kl"),
+            "seqkd": gen.replace(method="seqkd"),
+            "gkd": gen.replace(method="gkd", loss=METHODS["gkd"].losses[0]),
+            "distillm": gen.replace(method="distillm", loss=METHODS["distillm"].losses[0])}
+
+
+class _Suite:
+    """The runs of a suite being built: {name: config} and {table: [run names]}, one config per name."""
+
+    def __init__(self, root: str, hub_teacher: str, teacher_sft: bool):
+        self.root, self.hub_teacher, self.teacher_sft = root, hub_teacher, teacher_sft
+        self.runs: dict[str, DistillConfig] = {}
+        self.tab: dict[str, list[str]] = {}
+
+    def add(self, name: str, cfg: DistillConfig) -> str:
+        cfg = cfg.replace(output_dir=f"{self.root}/{name}")
+        if name in self.runs and self.runs[name] != cfg:  # one run name is one config
             raise AssertionError(f"run {name!r} defined twice with different configs")
-        runs[name] = cfg
+        self.runs[name] = cfg
         return name
 
-    def teacher_of(prefix: str, fam: DistillConfig) -> tuple[str, DistillConfig]:
+    def teacher_of(self, prefix: str, fam: DistillConfig) -> tuple[str, DistillConfig]:
         """The Teacher-row run of one training set and the base its students use."""
-        if teacher_sft:
-            name = add(f"{prefix}teacher_sft", fam.replace(method="sft", student=hub_teacher, teacher=hub_teacher,
-                                                           save_epoch_students=False))
-            return name, fam.replace(teacher=f"{root}/{name}/student")
-        return add(f"{prefix}teacher", fam.replace(method="teacher")), fam
+        if self.teacher_sft:
+            name = self.add(f"{prefix}teacher_sft", fam.replace(method="sft", student=self.hub_teacher,
+                                                                teacher=self.hub_teacher, save_epoch_students=False))
+            return name, fam.replace(teacher=f"{self.root}/{name}/student")
+        return self.add(f"{prefix}teacher", fam.replace(method="teacher")), fam
 
-    dolly_tables = {"table1", "table3", "figure1", "table4", "table5", "lambda_sweep", "tau_sweep", "schedules"}
-    if dolly_tables & set(tables):
+    def dolly(self, base, tables, table1_eval, ablation_eval, baseline: dict) -> None:
+        """Tables 1, 3, 4, 5, Figure 1 and the sweeps: the Dolly-trained runs."""
         fam = base.replace(dataset="dolly")
         main_eval = table1_eval if "table1" in tables else ablation_eval
         save = "figure1" in tables  # Figure 1 evaluates every epoch's student of these two runs
-        t_name, fam = teacher_of("", fam.replace(eval_datasets=main_eval))
+        t_name, fam = self.teacher_of("", fam.replace(eval_datasets=main_eval))
         inst = fam.replace(eval_datasets=main_eval, save_epoch_students=False)
-        abl = fam.replace(eval_datasets=ablation_eval, save_epoch_students=False)
-        rows = {}
-        if {"table1", "table3"} & set(tables):
-            gen = inst.replace(**(baseline or {}))
-            rows = {"sft": inst.replace(method="sft"),
-                    "kd_kl": inst.replace(method="kd", loss="forward_kl"),
-                    "kd_rkl": inst.replace(method="kd", loss="reverse_kl"),
-                    "seqkd": gen.replace(method="seqkd"),
-                    "gkd": gen.replace(method="gkd", loss="js_divergence"),
-                    # DistiLLM with skew reverse KL (alpha 0.1), its setting for decoder LLMs
-                    "distillm": gen.replace(method="distillm", loss="skew_reverse_kl")}
+        rows = _baselines(inst, inst.replace(**baseline)) if {"table1", "table3"} & set(tables) else {}
         for k, v in rows.items():
-            add(k, v)
-        dakd = add("dakd", inst.replace(method="dakd", loss="bdl", save_epoch_students=save))
+            self.add(k, v)
+        dakd = self.add("dakd", inst.replace(method="dakd", loss="bdl", save_epoch_students=save))
         if "table1" in tables:
-            tab["table1"] = [t_name, *rows, dakd]
+            self.tab["table1"] = [t_name, *rows, dakd]
         if "table3" in tables:
-            tab["table3"] = [*rows, dakd]
-        dakd_cfg = runs[dakd]
-        variant = abl.replace(method="dakd", loss="bdl")
+            self.tab["table3"] = [*rows, dakd]
+        variant = fam.replace(eval_datasets=ablation_eval, save_epoch_students=False, method="dakd", loss="bdl")
+        self.ablations(tables, self.runs[dakd], variant, save)
+
+    def ablations(self, tables, dakd_cfg: DistillConfig, variant: DistillConfig, save: bool) -> None:
+        """Table 4 (DiffUp modes), Table 5 (losses), Figure 1's full-data run and the sweeps."""
+        add, tab = self.add, self.tab
         if "table4" in tables or "figure1" in tables:
             for name, sel in TABLE4_SELECTIONS.items():
                 if name != "dakd" and (name == "dakd_full" or "table4" in tables):
@@ -151,34 +176,26 @@ def _suite(base: DistillConfig, root: str, tables: tuple[str, ...], *,
                     add(name, variant.replace(loss=loss))
             tab["table5"] = list(TABLE5_LOSSES)
         if "lambda_sweep" in tables:
-            tab["lambda_sweep"] = [dakd if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(
-                lam=lam, allow_degenerate_loss=lam == 0.5))  # 0.5: BDL is 0, the collapse the paper shows
-                                   for lam in LAMBDAS]
+            tab["lambda_sweep"] = [
+                "dakd" if lam == dakd_cfg.lam else add(f"dakd_lam{_num(lam)}", variant.replace(
+                    lam=lam, allow_degenerate_loss=lam == 0.5))  # 0.5: BDL is 0, the collapse the paper shows
+                for lam in LAMBDAS]
         if "tau_sweep" in tables:
-            tab["tau_sweep"] = [dakd if tau == dakd_cfg.tau else add(f"dakd_tau{_num(tau)}", variant.replace(tau=tau))
+            tab["tau_sweep"] = ["dakd" if tau == dakd_cfg.tau else add(f"dakd_tau{_num(tau)}", variant.replace(tau=tau))
                                 for tau in TAUS]
         if "schedules" in tables:
-            tab["schedules"] = [dakd, add("dakd_linear", variant.replace(schedule="linear"))]
+            tab["schedules"] = ["dakd", add("dakd_linear", variant.replace(schedule="linear"))]
 
-    if "table2" in tables:
-        tab["table2"] = []
+    def tasks(self, base, task: dict, baseline: dict) -> None:
+        """Table 2: each method trained and evaluated on SAMSum and on GSM8K."""
+        self.tab["table2"] = []
         for ds in TASK_SETS:
-            fam = base.replace(**{k: v for k, v in (task or {}).items() if k != "baseline"})
+            fam = base.replace(**{k: v for k, v in task.items() if k != "baseline"})
             fam = fam.replace(dataset=ds, eval_datasets=(ds,), save_epoch_students=False)
-            t_name, fam = teacher_of(f"{ds}_", fam)
-            gen = fam.replace(**((baseline or {}) | (task or {}).get("baseline", {})))
-            names = [t_name]
-            for suffix, cfg in (("sft", fam.replace(method="sft")),
-                                ("kd_kl", fam.replace(method="kd", loss="forward_kl")),
-                                ("kd_rkl", fam.replace(method="kd", loss="reverse_kl")),
-                                ("gkd", gen.replace(method="gkd", loss="js_divergence")),
-                                ("distillm", gen.replace(method="distillm", loss="skew_reverse_kl")),
-                                ("dakd", fam.replace(method="dakd", loss="bdl"))):
-                names.append(add(f"{ds}_{suffix}", cfg))
-            tab["table2"] += names
-    # run order: teacher fine-tuning first (later runs load its output), then the rest as added
-    order = sorted(runs, key=lambda k: not k.endswith("teacher_sft"))
-    return {k: runs[k] for k in order}, {t: tab[t] for t in TABLES if t in tab}
+            t_name, fam = self.teacher_of(f"{ds}_", fam)
+            rows = _baselines(fam, fam.replace(**(baseline | task.get("baseline", {}))))
+            rows = {k: v for k, v in rows.items() if k != "seqkd"} | {"dakd": fam.replace(method="dakd", loss="bdl")}
+            self.tab["table2"] += [t_name] + [self.add(f"{ds}_{k}", cfg) for k, cfg in rows.items()]
 
 
 # ------------------------------------------------------------------------------------ CPU presets

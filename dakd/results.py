@@ -622,9 +622,9 @@ def plot_all(runs: dict[str, dict], folder: str | Path, dataset: str = "dolly") 
     dakd_runs = {k: r for k, r in runs.items() if r["config"]["method"] == "dakd" and r.get("train_log")}
     if dakd_runs:
         name, r = next(iter(dakd_runs.items()))
-        recs = [e for e in r["train_log"]["epochs"] if e.get("dds_values")]
+        recs = [e for e in r["train_log"]["epochs"] if epoch_dds(e)]
         if recs:
-            df = pd.DataFrame([{"epoch": e["epoch"], "DDS": v} for e in recs for v in e["dds_values"]])
+            df = pd.DataFrame([{"epoch": e["epoch"], "DDS": v} for e in recs for v in epoch_dds(e).values()])
             fig, ax = plt.subplots(figsize=(7, 4))
             sns.violinplot(data=df, x="epoch", y="DDS", ax=ax, cut=0, inner="quartile", color="#8fb3d9")
             for e in recs:
@@ -690,3 +690,31 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def epoch_dds(epoch_record: dict) -> dict[str, float]:
+    """{sample id (text): DDS} of one epoch record of a train log; {} for an epoch without scores.
+    Reads ``dds_by_sample``, or the ``dds_values`` list of logs written before sample ids were
+    stored (keyed then by position in the filtered training set, as ``"#<i>"``)."""
+    if epoch_record.get("dds_by_sample"):
+        return dict(epoch_record["dds_by_sample"])
+    return {f"#{i}": v for i, v in enumerate(epoch_record.get("dds_values") or [])}
+
+
+def dds_of(run_dir: str | Path, sample_id) -> dict[int, float]:
+    """The DDS (Eq. 1, dimensionless) of one training sample before each DA-KD epoch of a run:
+    {epoch: DDS}, from ``<run_dir>/train_log.json``; epoch 0 trains on all samples unscored, so
+    the first epoch listed is 1.
+
+    Raises:
+        FileNotFoundError: the run has no ``train_log.json``.
+        KeyError: the sample was never scored in this run (not a training sample, or filtered out).
+    """
+    path = Path(run_dir) / "train_log.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no train log (the run is unfinished or not a training run)")
+    out = {e["epoch"]: epoch_dds(e)[str(sample_id)] for e in json.loads(path.read_text())["epochs"]
+           if str(sample_id) in epoch_dds(e)}
+    if not out:
+        raise KeyError(f"sample {sample_id!r} has no DDS in {path} (scored samples: the run's filtered training set)")
+    return out

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from . import data as D
+from . import data
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,14 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
             str, or a GSM8K answer without ``#### <number>``; the message names file, line, field.
         FileNotFoundError: the file is missing.
     """
-    D.check_split(TASK_FILES, name, split, limit, kind="task")
-    path = D.data_dir() / TASK_FILES[name][split]
+    data.check_split(TASK_FILES, name, split, limit, kind="task")
+    path = data.data_dir() / TASK_FILES[name][split]
     records = []
-    for n, obj in D.read_json_objects(path):
+    for n, obj in data.read_json_objects(path):
         for key in _TASK_FIELDS[name]:
             if key not in obj:
-                raise D.data_error(path, n, "missing", key)
-            D.check_str(path, n, key, obj[key])
+                raise data.data_error(path, n, "missing", key)
+            data.check_str(path, n, key, obj[key])
         if name == "samsum":
             rec = {"instruction": SAMSUM_INSTRUCTION, "input": obj["dialogue"], "output": obj["summary"],
                    "id": obj["id"]}
@@ -151,13 +151,13 @@ def load_task(name: str, split: str, limit: int | None = None) -> list[dict]:
             try:
                 gold = gsm8k_gold(obj["answer"])
             except ValueError as e:
-                raise D.data_error(path, n, str(e), "answer") from None
+                raise data.data_error(path, n, str(e), "answer") from None
             rec = {"instruction": obj["question"], "input": "", "output": obj["answer"], "answer": gold}
         records.append(rec | {"line": n, "file": str(path)})
         if limit is not None and len(records) == limit:
             break
     if not records:
-        raise D.data_error(path, None, "no records (the file is empty or holds only blank lines)")
+        raise data.data_error(path, None, "no records (the file is empty or holds only blank lines)")
     return records
 
 
@@ -220,7 +220,7 @@ def load_eval_records(dataset: str, limit: int | None = None) -> list[dict]:
         return load_hub_unni(limit)
     if dataset in TASK_FILES:
         return load_task(dataset, "test", limit)
-    return D.load_split(dataset, "test", limit=limit, allow_list_output=True)
+    return data.load_split(dataset, "test", limit=limit, allow_list_output=True)
 
 
 def references(dataset: str, record: dict) -> list[str] | float:

@@ -72,6 +72,8 @@ def weights_record(folder) -> dict:
 def run_record(log: dict, out: Path) -> dict:
     """What a golden test compares of one finished run."""
     epochs = [{k: e.get(k) for k in EPOCH_KEYS} for e in log["epochs"]]
+    for e, rec in zip(epochs, log["epochs"]):  # the values in example order (stored by sample id)
+        e["dds_values"] = list(rec["dds_by_sample"].values()) if rec.get("dds_by_sample") else rec.get("dds_values")
     return {"epochs": epochs, "cpu": cpu_model(), "iterations": log["cost"]["iterations"],
             "response_tokens_seen": log["cost"]["response_tokens_seen"],
             "tokens_seen": log["cost"]["tokens_seen"], "weights": weights_record(Path(out) / "student")}

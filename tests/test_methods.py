@@ -80,7 +80,7 @@ def test_diffup_with_on_policy_responses_is_one_declaration(tmp_path, on_policy_
     n = log["num_samples"]
     # DiffUp: all of D at epoch 0, then round(r(1) N) samples chosen by DDS
     assert e0["subset_size"] == n and e1["subset_size"] == subset_size(selection_ratio(1, 2), n)
-    assert len(e1["dds_values"]) == n and e1["n_high"] + e1["n_low"] == e1["subset_size"]
+    assert len(e1["dds_by_sample"]) == n and e1["n_high"] + e1["n_low"] == e1["subset_size"]
     # on-policy: every global batch's responses were sampled by the student (fraction 1)
     assert [e["generated_batches"] for e in log["epochs"]] == [e["steps"] for e in log["epochs"]]
     assert log["cost"]["generation_seconds"] > 0
@@ -108,10 +108,9 @@ def test_a_registered_selection_rule_picks_the_subset_and_labels_the_run(tmp_pat
     assert run_label(cfg) == "DA-KD (easiest)"
     log = T.train(cfg)
     e1 = log["epochs"][1]
-    dds = dict(zip(range(log["num_samples"]), e1["dds_values"]))
-    ids = [e for e in log["epochs"][0]["subset_ids"]]
-    order = sorted(range(len(ids)), key=lambda i: dds[i])  # the lowest DDS first
-    assert set(e1["subset_ids"]) == {ids[i] for i in order[:e1["subset_size"]]}
+    dds = {int(k): v for k, v in e1["dds_by_sample"].items()}
+    lowest = sorted(dds, key=dds.get)[:e1["subset_size"]]
+    assert set(e1["subset_ids"]) == set(lowest)
 
 
 def test_every_declared_method_validates_and_has_a_row_name():

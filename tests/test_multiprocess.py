@@ -115,8 +115,8 @@ def test_two_process_dakd_training_matches_one_process(tmp_path):
     assert e0["subset_size"] == n and e1["subset_size"] < n
     # DDS of every sample exactly once: a sample scored on both processes, or on none, would show
     # as a doubled or zero CE against the one-process run
-    assert len(e1["dds_values"]) == n and min(e1["dds_values"]) > 0
-    assert e1["dds_values"] == pytest.approx(log1["epochs"][1]["dds_values"], rel=1e-4, abs=1e-5)
+    assert len(e1["dds_by_sample"]) == n and min(e1["dds_by_sample"].values()) > 0
+    assert e1["dds_by_sample"] == pytest.approx(log1["epochs"][1]["dds_by_sample"], rel=1e-4, abs=1e-5)
     assert e1["teacher_ce"] == pytest.approx(log1["epochs"][1]["teacher_ce"], rel=1e-5)
     assert e0["mean_loss"] == pytest.approx(log1["epochs"][0]["mean_loss"], rel=1e-4)
 

@@ -70,7 +70,7 @@ def test_distill_notebook_writes_results_for_every_run(tiny_root):
             assert res["cost"]["iterations"] == sum(e["steps"] for e in log["epochs"])
     dakd_log = json.loads((tiny_root / "dakd" / "train_log.json").read_text())
     assert dakd_log["epochs"][1]["subset_size"] < dakd_log["epochs"][0]["subset_size"]
-    assert len(dakd_log["epochs"][1]["dds_values"]) == dakd_log["num_samples"]
+    assert len(dakd_log["epochs"][1]["dds_by_sample"]) == dakd_log["num_samples"]
 
 
 def test_results_notebook_builds_the_table_and_figures(tiny_root, tmp_path):

@@ -257,3 +257,17 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     after = weights(tmp_path / "sft" / "student")
     assert_same_weights(after, weights(TINY_STUDENT))
     assert not all(torch.equal(after[k], trained[k]) for k in after)
+
+
+def test_dds_is_stored_by_sample_id_and_dds_of_finds_one_sample(dakd_run):
+    # regression (issue 13, item 6): DDS values were stored in example order without ids, so one
+    # sample's DDS meant re-deriving the filtered order
+    from dakd.results import dds_of
+
+    cfg, log = dakd_run
+    e0, e1 = log["epochs"]
+    assert sorted(map(int, e1["dds_by_sample"])) == sorted(e0["subset_ids"])  # every training sample, by id
+    sid = e1["subset_ids"][0]
+    assert dds_of(cfg.output_dir, sid) == {1: e1["dds_by_sample"][str(sid)]}
+    with pytest.raises(KeyError, match="no DDS"):
+        dds_of(cfg.output_dir, 10 ** 9)

@@ -102,7 +102,8 @@ class DiffUp(AllSamples):
     def select(self, run, epoch: int, rec: dict) -> torch.Tensor:
         """``[k]`` int64 sorted example indices: all N at epoch 0; later the rule's pick of
         round(r(e) N) by DDS (Algorithm 1; draws from ``run.gen``). Adds DDS quantiles, every
-        sample's DDS (``dds_values``, example order), strata counts and the threshold to ``rec``."""
+        sample's DDS (``dds_by_sample``: {sample id: DDS}, example order), strata counts and the
+        threshold to ``rec``."""
         n = len(run.examples)
         if epoch == 0:
             if self.mode.uses_scores and self.teacher_ce is None:
@@ -130,8 +131,9 @@ class DiffUp(AllSamples):
         scores = difficulty_scores(student_ce, self.teacher_ce, self.cfg.dds_eps)
         rec |= {"dds": dds_quantiles(scores), "student_ce": dds_quantiles(student_ce),
                 "teacher_ce": dds_quantiles(self.teacher_ce),
-                # every sample's DDS, in example order, for the per-epoch distribution figures
-                "dds_values": [round(v, 5) for v in scores.tolist()]}
+                # every sample's DDS by sample id (JSON keys are text), in example order: the
+                # per-epoch distribution figures and `dakd.results.dds_of`
+                "dds_by_sample": {str(e["sample_id"]): round(v, 5) for e, v in zip(run.examples, scores.tolist())}}
         return scores
 
     @property
