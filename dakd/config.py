@@ -100,6 +100,8 @@ class DistillConfig:
     output_dir: str = "runs/default/dakd"
     save_checkpoints: bool = True
     save_epoch_students: bool = False  # save the student after every epoch (Figure 1 curves)
+    keep_checkpoint: bool = False  # keep output_dir/checkpoint (~568 MB for the cpu preset) once the
+    # run is finished; by default dakd.pipeline.run deletes it then (it serves only to resume)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -166,10 +168,11 @@ class DistillConfig:
 
     def config_hash(self) -> str:
         """Short sha256 (12 hex digits) of the settings that change results: every field except
-        the output folder and what is saved (``save_checkpoints``, ``save_epoch_students``); the
+        the output folder and what is saved (``save_checkpoints``, ``save_epoch_students``,
+        ``keep_checkpoint``); the
         fields of ``_HASH_OMIT_AT_DEFAULT`` only when they differ from their default."""
         d = self.to_dict()
-        for name in ("output_dir", "save_checkpoints", "save_epoch_students"):
+        for name in ("output_dir", "save_checkpoints", "save_epoch_students", "keep_checkpoint"):
             d.pop(name)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in _HASH_OMIT_AT_DEFAULT:
