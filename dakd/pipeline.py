@@ -348,6 +348,8 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
                                 f"(presets.needed_runs lists it)")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    print(f"[dakd] {method_label(cfg)} -> {cfg.output_dir}: " + ("evaluating" if cfg.method == "teacher" else
+          f"training ({cfg.epochs} epochs) and evaluating") + f" (config {cfg.config_hash()})", flush=True)
     t0 = time.perf_counter()
     log = None
     if cfg.method != "teacher":
