@@ -2,8 +2,9 @@
 # dakd launcher.
 #   ./run_all.sh                      run the default CPU preset: Table 1's core rows (~10 min here, idle)
 #   ./run_all.sh test                 run the test suite
-#   ./run_all.sh lab                  start JupyterLab in this environment on notebooks/ (kernels run in
-#                                     the checkout, so the notebooks' relative paths work); prints its URL
+#   ./run_all.sh lab [OPTIONS]        start JupyterLab in this environment on notebooks/ (kernels run in
+#                                     the checkout, so the notebooks' relative paths work); prints its URL;
+#                                     OPTIONS go to `jupyter lab` (e.g. --port 8899)
 #   ./run_all.sh --preset NAME        run another preset: cpu, tiny, cpu-full (every table and figure
 #                                     at CPU scale, ~90 min here), tiny-full, or a paper preset for GPUs:
 #                                     llama2-7b-sheared-1.3b, llama2-7b-sheared-2.7b, qwen2.5-7b-1.5b,
@@ -28,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-mode=run preset=cpu gpus=1
+mode=run preset=cpu gpus=1 lab_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset|--gpus|--accelerate-config|--threads)
@@ -42,11 +43,11 @@ while [ $# -gt 0 ]; do
       [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
       # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
       export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    lab) mode=lab ;;
+    lab) mode=lab; shift; lab_args=("$@"); break ;;  # the rest goes to `jupyter lab`
     --threads)
       case "$2" in ''|*[!0-9]*|0) echo "run_all.sh: --threads needs a whole number >= 1" >&2; exit 2 ;; esac
       export OMP_NUM_THREADS="$2" MKL_NUM_THREADS="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -81,7 +82,9 @@ if [ "$mode" = lab ]; then
   # the file browser shows notebooks/; kernels start in the checkout (MappingKernelManager.root_dir),
   # where the notebooks' paths (runs/cpu, figures/cpu) point. JupyterLab prints the URL with its token.
   echo "run_all.sh: starting JupyterLab on notebooks/ (kernels run in $(pwd)); stop it with Ctrl-C"
-  exec "$PY" -m jupyter lab --ServerApp.root_dir="$(pwd)/notebooks" --MappingKernelManager.root_dir="$(pwd)" --no-browser
+  [ "$(id -u)" -ne 0 ] || lab_args+=(--allow-root)  # containers often run as root; JupyterLab refuses it otherwise
+  exec "$PY" -m jupyter lab --ServerApp.root_dir="$(pwd)/notebooks" --MappingKernelManager.root_dir="$(pwd)" \
+    --no-browser ${lab_args[@]+"${lab_args[@]}"}
 fi
 
 # --- a preset: 01_distill per Table 1 run, the table notebooks 03-05, 02_results, the tour ------
@@ -107,7 +110,7 @@ runs = presets.get_preset('$preset', '$root')
 names = presets.needed_runs('$preset', list(t), '$root')
 print(sum(pipeline.load_complete(runs[n]) is None for n in names))")
 trained=0 trained_s=0
-echo "run_all.sh: preset '$preset': $todo run(s) to train, the others finished and reused; threads per run: ${OMP_NUM_THREADS:-torch default}"
+echo "run_all.sh: preset '$preset': $todo run(s) to train or evaluate, the others finished and reused; threads per run: ${OMP_NUM_THREADS:-torch default}"
 echo "run_all.sh: full logs beside each executed notebook in $nbdir/: <notebook>.ipynb.log (papermill) and <notebook>.ipynb.out (cell output)"
 step=0
 execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the notebook and cell
@@ -115,7 +118,7 @@ execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the 
   local t0 line pm follower rc=0
   t0=$(date +%s); step=$((step + 1))
   local eta="estimate after the first trained run"
-  if [ "$trained" -gt 0 ]; then eta="about $(mmss $(( todo * trained_s / trained ))) left ($todo run(s) to train at $(mmss $(( trained_s / trained ))) each)"; fi
+  if [ "$trained" -gt 0 ]; then eta="about $(mmss $(( todo * trained_s / trained ))) left ($todo run(s) to go at $(mmss $(( trained_s / trained ))) each)"; fi
   echo "run_all.sh: $(date +%T) [$step] start $(basename "$dst" .ipynb); elapsed $(mmss $(( t0 - start ))); $eta"
   : > "$dst.out"
   "$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING --stdout-file "$dst.out" "$@" 2> "$dst.log" &
@@ -124,13 +127,13 @@ execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the 
   tail --pid="$pm" -n +1 -F "$dst.out" 2>/dev/null | grep --line-buffered '^\[dakd\]' | \
     while IFS= read -r line; do
       echo "run_all.sh: $(date +%T)     $line"
-      case "$line" in *"training ("*) echo >> "$dst.trained" ;; esac
+      case "$line" in *"training ("*) echo t >> "$dst.runs" ;; *": evaluating (config"*) echo e >> "$dst.runs" ;; esac
     done &
   follower=$!
   wait "$pm" || rc=$?
   wait "$follower" || true
-  local n_trained=0
-  if [ -f "$dst.trained" ]; then n_trained=$(wc -l < "$dst.trained"); rm -f "$dst.trained"; fi
+  local n_trained=0 n_runs=0  # runs trained (they give the mean), runs done (trained or evaluated only)
+  if [ -f "$dst.runs" ]; then n_trained=$(grep -c t "$dst.runs" || true); n_runs=$(wc -l < "$dst.runs"); rm -f "$dst.runs"; fi
   if [ "$rc" -ne 0 ]; then
     local where
     where=$(grep -oE 'Exception encountered at "In \[[0-9]+\]"' "$dst.log" | tail -1 || true)
@@ -139,9 +142,8 @@ execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the 
     exit 1
   fi
   local took=$(( $(date +%s) - t0 ))
-  if [ "$n_trained" -gt 0 ]; then
-    trained=$(( trained + n_trained )); trained_s=$(( trained_s + took )); todo=$(( todo > n_trained ? todo - n_trained : 0 ))
-  fi
+  todo=$(( todo > n_runs ? todo - n_runs : 0 ))
+  if [ "$n_trained" -gt 0 ]; then trained=$(( trained + n_trained )); trained_s=$(( trained_s + took )); fi
   echo "run_all.sh: $(date +%T) [$step] done  $(basename "$dst" .ipynb) in $(mmss "$took") ($n_trained run(s) trained); elapsed $(mmss $(( $(date +%s) - start )))"
   "$PY" -m jupyter nbconvert --to html --log-level WARN "$dst" >/dev/null 2>&1 || echo "run_all.sh: (no HTML rendering of $dst)"
 }

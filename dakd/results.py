@@ -758,6 +758,7 @@ def training_figure(log: dict, path: str | Path | None = None, title: str = ""):
     a3.set_title("Training loss")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()  # also inline in a notebook: the twin axis's label off the middle panel
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _save(fig, Path(path))
