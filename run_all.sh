@@ -118,7 +118,8 @@ execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the 
   local t0 line pm follower rc=0
   t0=$(date +%s); step=$((step + 1))
   local eta="estimate after the first trained run"
-  if [ "$trained" -gt 0 ]; then eta="about $(mmss $(( todo * trained_s / trained ))) left ($todo run(s) to go at $(mmss $(( trained_s / trained ))) each)"; fi
+  if [ "$todo" -eq 0 ]; then eta="no run left to train (the rest reuses finished runs)"
+  elif [ "$trained" -gt 0 ]; then eta="about $(mmss $(( todo * trained_s / trained ))) left ($todo run(s) to go at $(mmss $(( trained_s / trained ))) each)"; fi
   echo "run_all.sh: $(date +%T) [$step] start $(basename "$dst" .ipynb); elapsed $(mmss $(( t0 - start ))); $eta"
   : > "$dst.out"
   "$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING --stdout-file "$dst.out" "$@" 2> "$dst.log" &
