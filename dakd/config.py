@@ -141,6 +141,8 @@ class DistillConfig:
     output_dir: str = "runs/default/dakd"
     save_checkpoints: bool = True
     save_epoch_students: bool = False  # save the student after every epoch (Figure 1 curves)
+    keep_checkpoint: bool = False  # keep output_dir/checkpoint (~568 MB for the cpu preset) once the
+    # run is finished; by default dakd.pipeline.run deletes it then (it serves only to resume)
 
     def __post_init__(self) -> None:
         if self.method not in _DECLARED:
@@ -232,11 +234,12 @@ class DistillConfig:
 
     def config_hash(self) -> str:
         """Short sha256 (12 hex digits) of the settings that change results: every field except
-        the output folder, what is saved (``save_checkpoints``, ``save_epoch_students``) and the
-        permission ``allow_degenerate_loss`` (it changes no result, only whether the run may start);
-        the fields of ``_HASH_OMIT_AT_DEFAULT`` only when they differ from their default."""
+        the output folder, what is saved (``save_checkpoints``, ``save_epoch_students``,
+        ``keep_checkpoint``) and the permission ``allow_degenerate_loss`` (it changes no result,
+        only whether the run may start); the fields of ``_HASH_OMIT_AT_DEFAULT`` only when they
+        differ from their default."""
         d = self.to_dict()
-        for name in ("output_dir", "save_checkpoints", "save_epoch_students", "allow_degenerate_loss"):
+        for name in ("output_dir", "save_checkpoints", "save_epoch_students", "keep_checkpoint", "allow_degenerate_loss"):
             d.pop(name)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in _HASH_OMIT_AT_DEFAULT:

@@ -2,7 +2,9 @@
 evaluate, then write ``results.json``. A finished run with the same config hash is reused, never
 redone; a run is finished only once its ``results.json`` exists, and that file is written last and
 atomically, so a killed run never passes for a complete one. A ``results.json`` of another config
-in the same folder is kept as ``results.<its hash>.json`` when the new one is written. A run whose
+in the same folder is never replaced unless asked (``overwrite=True``: then it is kept as
+``results.<its hash>.json`` when the new one is written; without it `run` raises `RunExistsError`).
+A finished run's ``checkpoint/`` (only needed to resume) is deleted unless ``keep_checkpoint``. A run whose
 teacher is another run's student (the paper's teacher-SFT stage) records that run's config hash and
 is redone when the teacher was retrained. With ``save_epoch_students`` every epoch's student is
 evaluated too (``epoch_eval``, the paper's Figure 1).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -241,7 +244,45 @@ def evaluate_epochs(cfg: DistillConfig, log: dict, num_processes: int = 1, cpu: 
     return points
 
 
-def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bool = False) -> dict:
+class RunExistsError(FileExistsError):
+    """``output_dir`` holds a finished run of another config; the message names the folder, both
+    config hashes and the ways on (another ``output_dir``, or ``overwrite=True``)."""
+
+
+def finished_other_config(cfg: DistillConfig) -> str | None:
+    """The config hash of a finished run of another config in ``cfg.output_dir`` (its
+    ``results.json`` names a hash other than ``cfg.config_hash()``; "unreadable" when that file
+    cannot be read), else None."""
+    path = Path(cfg.output_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text()).get("config_hash") or "unknown"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        old = "unreadable"
+    return None if old == cfg.config_hash() else old
+
+
+def remove_checkpoint(cfg: DistillConfig) -> list[Path]:
+    """Delete a finished run's resume state (``checkpoint/``, and the ``checkpoint.old`` /
+    ``checkpoint.tmp`` a killed save can leave) unless ``cfg.keep_checkpoint``; returns what was
+    deleted. For the cpu preset a checkpoint is ~568 MB beside the ~193 MB student."""
+    if getattr(cfg, "keep_checkpoint", False):
+        return []
+    gone = []
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+        path = Path(cfg.output_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+            gone.append(path)
+    if gone:
+        print(f"[dakd] {cfg.output_dir}: finished, deleted its resume checkpoint "
+              f"({', '.join(p.name for p in gone)}; keep_checkpoint=True keeps it)")
+    return gone
+
+
+def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bool = False,
+        overwrite: bool = False) -> dict:
     """Train (unless ``cfg.method == "teacher"``) and evaluate on ``cfg.eval_datasets``, both in
     ``num_processes`` accelerate processes when more than one (or ``cpu``) is asked for.
 
@@ -252,13 +293,29 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
     another run's student) and, with ``cfg.save_epoch_students``, ``epoch_eval``: every epoch's
     student on ``cfg.eval_datasets[0]`` (`evaluate_epochs`, the paper's Figure 1).
 
+    A finished run of the same config hash is reused (``force``: redone). ``output_dir`` holding a
+    finished run of another config is refused unless ``overwrite`` (or ``force``): its
+    ``results.json`` is then kept as ``results.<its hash>.json`` and the rest (``config.json``,
+    ``train_log.json``, ``student/``) replaced. Once finished, the run's ``checkpoint/`` is deleted
+    unless ``cfg.keep_checkpoint`` (`remove_checkpoint`).
+
     Raises:
+        RunExistsError: ``output_dir`` holds a finished run of another config and neither
+            ``overwrite`` nor ``force`` is set.
         FileNotFoundError: the teacher is another run's ``student`` folder that does not exist
             (run the teacher-SFT run first).
     """
     if not force and (done := load_complete(cfg)) is not None:
         print(f"[dakd] {cfg.output_dir}: complete (config {cfg.config_hash()}), reused")
+        remove_checkpoint(cfg)
         return done
+    if not (force or overwrite) and (other := finished_other_config(cfg)) is not None:
+        raise RunExistsError(
+            f"{cfg.output_dir} holds a finished run of config {other}; this config is {cfg.config_hash()}. "
+            f"Nothing was changed. Give this run its own output_dir (papermill: -p output_dir "
+            f"runs/my_variant), or pass overwrite=True (papermill: -p overwrite True) to retrain into it "
+            f"(its results.json is kept as results.{other}.json; config.json, train_log.json and "
+            f"student/ are replaced)")
     import torch
 
     teacher = Path(cfg.teacher)
@@ -267,6 +324,8 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
                                 f"(presets.needed_runs lists it)")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    print(f"[dakd] {method_label(cfg)} -> {cfg.output_dir}: " + ("evaluating" if cfg.method == "teacher" else
+          f"training ({cfg.epochs} epochs) and evaluating") + f" (config {cfg.config_hash()})", flush=True)
     t0 = time.perf_counter()
     log = None
     if cfg.method != "teacher":
@@ -287,6 +346,7 @@ def run(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False, force: bo
         res |= {"cost": log["cost"], "filter": log["filter"], "num_samples": log["num_samples"]}
     _keep_previous_results(out, res["config_hash"])
     write_json(out / "results.json", res)
+    remove_checkpoint(cfg)
     return res
 
 

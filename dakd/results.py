@@ -565,8 +565,12 @@ def paper_bars(df: pd.DataFrame, columns: list[str], path: str | Path, title: st
         sns.barplot(data=long[long["column"] == c], x="row", y="value", hue="source", ax=ax)
         ax.set_title(c)
         ax.set_xlabel("")
+        ax.set_ylabel(c)
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(title)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)  # off the bars
+    import textwrap
+
+    fig.suptitle(textwrap.fill(f"ours (this machine) beside the paper's ({title})", 45 * len(columns) + 20), fontsize=10)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, Path(path))
 
@@ -665,7 +669,7 @@ def plot_all(runs: dict[str, dict], folder: str | Path, dataset: str = "dolly") 
         ax.set_xticks(sorted({e["epoch"] for r in trained.values() for e in r["train_log"]["epochs"]}))
         ax.set_ylabel("mean training loss (nats/token)")
         ax.set_title("Training loss (each method's own objective)")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)  # beside the lines, not over them
         paths.append(_save(fig, folder / "training_loss.png"))
 
     if runs:
@@ -683,9 +687,17 @@ def plot_all(runs: dict[str, dict], folder: str | Path, dataset: str = "dolly") 
     return paths
 
 
+# PNG metadata left out of saved figures: matplotlib's version string ("Software") would make the
+# same figure differ byte for byte between environments (a rerun with the same numbers must leave
+# `git status` clean)
+PNG_METADATA = {"Software": None}
+
+
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG (dpi 120) without environment-dependent metadata, so the same figure is
+    the same bytes wherever it is drawn; close it; return ``path``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png", metadata=PNG_METADATA)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -718,3 +730,74 @@ def dds_of(run_dir: str | Path, sample_id) -> dict[int, float]:
     if not out:
         raise KeyError(f"sample {sample_id!r} has no DDS in {path} (scored samples: the run's filtered training set)")
     return out
+
+
+def training_record(log: dict) -> pd.DataFrame:
+    """One run's per-epoch record from its ``train_log.json`` (finished or reused alike): epoch,
+    selection ratio r(e), samples trained on (of the N kept), how many came from D_high / D_low,
+    the DDS quartiles and 90th percentile over all N samples before the epoch (DA-KD from epoch 1;
+    None where no DDS was computed), the student's mean CE (nats/token, when DDS was computed),
+    mean training loss (nats/token, the method's own objective), optimiser steps, and seconds spent
+    scoring DDS and training."""
+    rows = []
+    for e in log.get("epochs", []):
+        dds = e.get("dds") or {}
+        rows.append({"epoch": e["epoch"], "ratio r(e)": e["ratio"], "samples": e["subset_size"],
+                     "of N": e.get("num_samples", log.get("num_samples")),
+                     "from D_high": e.get("n_high"), "from D_low": e.get("n_low"),
+                     "DDS q0.25": dds.get("q0.25"), "DDS median": dds.get("q0.5"), "DDS q0.75": dds.get("q0.75"),
+                     "DDS q0.9": dds.get("q0.9"), "student CE": (e.get("student_ce") or {}).get("mean"),
+                     "loss (nats/token)": e["mean_loss"], "steps": e["steps"],
+                     "DDS seconds": e.get("dds_seconds", 0.0), "train seconds": e.get("train_seconds")})
+    return pd.DataFrame(rows).set_index("epoch")
+
+
+def training_figure(log: dict, path: str | Path | None = None, title: str = ""):
+    """Three panels of one run's `training_record`: samples trained on per epoch with r(e) on its
+    own axis; the DDS median with its interquartile range and 90th percentile (epochs with DDS);
+    the mean training loss. Returns the matplotlib figure, also saved as PNG at ``path`` if given
+    (then closed: display the file)."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = training_record(log)
+    ep = list(rec.index)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.4))
+    a1.bar(ep, rec["samples"], color="#8fb3d9", label="samples trained on")
+    a1.set_ylabel("samples trained on")
+    a1.set_xlabel("epoch")
+    a1.set_xticks(ep)
+    r = a1.twinx()
+    r.plot(ep, rec["ratio r(e)"], marker="o", c="black", label="ratio r(e)")
+    r.set_ylim(0, 1.05)
+    r.set_ylabel("selection ratio r(e)")
+    a1.set_title("Data per epoch (DiffUp shrinks it)")
+    d = rec.dropna(subset=["DDS median"])
+    if len(d):
+        a2.fill_between(d.index, d["DDS q0.25"].astype(float), d["DDS q0.75"].astype(float), alpha=0.3,
+                        label="DDS 25th-75th percentile")
+        a2.plot(d.index, d["DDS median"], marker="o", label="DDS median")
+        a2.plot(d.index, d["DDS q0.9"], marker="^", ls="--", label="DDS 90th percentile")
+        a2.legend(fontsize=8, loc="best")
+    else:
+        a2.text(0.5, 0.5, "no DDS computed\n(full data every epoch)", ha="center", va="center",
+                transform=a2.transAxes)
+    a2.set_xticks(ep)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("DDS = CE_student / CE_teacher")
+    a2.set_title("Difficulty before each epoch")
+    a3.plot(ep, rec["loss (nats/token)"], marker="o")
+    a3.set_xticks(ep)
+    a3.set_xlabel("epoch")
+    a3.set_ylabel("mean training loss (nats/token)")
+    a3.set_title("Training loss")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()  # also inline in a notebook: the twin axis's label off the middle panel
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _save(fig, Path(path))
+    return fig

@@ -173,7 +173,7 @@ def test_pipeline_run_writes_results_and_reuses_them(tmp_path, monkeypatch):
     # another config hash in the same folder is not complete
     assert load_complete(cfg.replace(lr=cfg.lr * 2)) is None
     with pytest.raises(AssertionError, match="trained again"):
-        pipeline.run(cfg.replace(lr=cfg.lr * 2))
+        pipeline.run(cfg.replace(lr=cfg.lr * 2), overwrite=True)
 
 
 @pytest.mark.parametrize("field,value", [("loss", "klx"), ("selection", "dds2"), ("schedule", "cos"),

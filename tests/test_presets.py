@@ -203,7 +203,7 @@ def test_teacher_sft_feeds_later_runs_and_retraining_it_makes_them_incomplete(tm
     res = pipeline.run(kd)
     assert res["teacher_run"] == {"output_dir": str(tmp_path / "teacher_sft"), "config_hash": sft.config_hash()}
     assert pipeline.load_complete(kd) is not None
-    pipeline.run(sft.replace(lr=5e-4))  # the teacher is retrained (another config, same folder)
+    pipeline.run(sft.replace(lr=5e-4), overwrite=True)  # the teacher is retrained (another config, same folder)
     assert pipeline.load_complete(kd) is None
 
 

@@ -4,6 +4,7 @@ preset) those outputs come from runs of the current code's configs."""
 
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 
 import nbformat
@@ -64,9 +65,8 @@ def test_published_distill_notebook_ran_the_config_its_parameters_give():
     if "dakd" not in nb.metadata:
         pytest.skip("01_distill.ipynb is not published")
     values = {}
-    for c in nb.cells:  # the defaults, then papermill's injected values over them
-        tags = c.metadata.get("tags", [])
-        if "parameters" in tags or "injected-parameters" in tags:
+    for c in nb.cells:  # the one parameters cell (no injected cell: test_no_injected_parameters_cell)
+        if "parameters" in c.metadata.get("tags", []):
             for node in ast.parse(c.source).body:
                 if isinstance(node, ast.Assign):
                     values[node.targets[0].id] = ast.literal_eval(node.value)
@@ -74,3 +74,62 @@ def test_published_distill_notebook_ran_the_config_its_parameters_give():
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"config {cfg.config_hash()}" in printed
     assert nb.metadata["dakd"]["config_hashes"]["dakd"] == cfg.config_hash()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_injected_parameters_cell(name):
+    # regression (issue 14): every notebook kept papermill's injected cell from the cpu-full run
+    # after its parameters cell, so Run All in JupyterLab trained into runs/cpu-full
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tags = [t for c in nb.cells for t in c.metadata.get("tags", [])]
+    assert "injected-parameters" not in tags
+    assert tags.count("parameters") == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_warning_or_progress_bar_among_the_outputs(name):
+    # regression (issue 14): a red "TqdmWarning: IProgress not found" box in every notebook and one
+    # stored stderr output per progress-bar update (350 in 03_ablations)
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    assert "TqdmWarning" not in path.read_text()
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            assert publish.progress_residue(dict(o)) == dict(o), f"{name}: progress residue {o}"
+            assert "application/vnd.jupyter.widget-view+json" not in o.get("data", {})
+    assert "widgets" not in nb.metadata
+
+
+sys.path.insert(0, str(ROOT / "tools"))
+import publish_notebooks as publish  # noqa: E402
+
+
+def test_progress_residue_drops_the_tqdm_warning_and_bars_and_keeps_the_rest():
+    warning = {"output_type": "stream", "name": "stderr",
+               "text": ".venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found. "
+                       "Please update jupyter and ipywidgets.\n  from .autonotebook import tqdm as notebook_tqdm\n"}
+    assert publish.progress_residue(warning) is None
+    bar = {"output_type": "stream", "name": "stderr",
+           "text": "\rLoading weights:  40%|####      | 2/5 [00:00<00:01, 3.1it/s]"
+                   "\rLoading weights: 100%|##########| 5/5 [00:01<00:00, 3.2it/s]\n"}
+    assert publish.progress_residue(bar) is None
+    assert publish.progress_residue({"output_type": "stream", "name": "stderr", "text": "dakd epoch 0: 3it [00:02, 1.4it/s]"}) is None
+    mixed = {"output_type": "stream", "name": "stderr", "text": "\rx:  50%|#####     | 1/2 [00:01<00:01, 1.0it/s]\nreal warning\n"}
+    assert publish.progress_residue(mixed)["text"].strip() == "real warning"
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "ab", "version_major": 2},
+                       "text/plain": "x:   0%|          | 0/3 [00:00<?, ?it/s]"}}
+    assert publish.progress_residue(widget) is None
+    printed = {"output_type": "stream", "name": "stdout", "text": "[dakd] DA-KD on dolly: rougeL 6.79 (40 prompts)\n"}
+    assert publish.progress_residue(printed) == printed
+
+
+def test_a_notebook_run_with_other_parameters_is_named_not_published():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset = "cpu"\noverwrite = False'),
+                                         nbformat.v4.new_code_cell('preset = "cpu-full"\noverwrite = True'),
+                                         nbformat.v4.new_code_cell("print(preset)")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    differ = publish.drop_injected_parameters(nb)
+    assert differ == {"preset": ("cpu", "cpu-full")}  # overwrite changes nothing shown: not listed
+    assert [c.source for c in nb.cells] == ['preset = "cpu"\noverwrite = False', "print(preset)"]

@@ -454,7 +454,7 @@ def test_partial_run_leaves_a_completed_runs_results_untouched(teacher_cfg, tmp_
         raise KeyboardInterrupt
     monkeypatch.setattr(dakd.evaluate, "evaluate_model", killed)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(other)
+        pipeline.run(other, overwrite=True)  # told to retrain into the folder, killed on the way
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.glob("results*")) == ["results.json"]
     assert pipeline.load_complete(teacher_cfg) == json.loads(json.dumps(done))
@@ -466,7 +466,7 @@ def test_results_of_another_config_are_kept_aside_not_overwritten(teacher_cfg):
     first = pipeline.run(teacher_cfg)
     before = (out / "results.json").read_bytes()
     other = teacher_cfg.replace(eval_seeds=(20,))
-    second = pipeline.run(other)
+    second = pipeline.run(other, overwrite=True)  # without it: RunExistsError (tests/test_run_folder.py)
     assert json.loads((out / "results.json").read_text())["config_hash"] == other.config_hash()
     assert (out / f"results.{teacher_cfg.config_hash()}.json").read_bytes() == before
     assert pipeline.load_complete(other) == json.loads(json.dumps(second))

@@ -223,3 +223,40 @@ def test_paper_bars_and_saved_tables(tmp_path):
     assert saved["table4"] is None  # absent: None, not an error
     assert [r["loss"] for r in saved["table5"]["rows"]] == list(R.TABLE5_ROWS)
     assert saved["table5"]["rows"][-1]["Dolly diff"] == 25.0 - 26.75
+
+
+def test_saving_the_same_figure_twice_gives_identical_bytes_without_the_matplotlib_version(tmp_path):
+    # a rerun with the same numbers must leave `git status` clean: no environment-dependent PNG
+    # metadata (matplotlib wrote "Software: Matplotlib version3.x")
+    t = R.table5({"dakd": run("DA-KD", {"dolly": 25.0})})
+    a = R.paper_bars(t, ["Dolly"], tmp_path / "a.png", t.attrs["paper"]).read_bytes()
+    b = R.paper_bars(t, ["Dolly"], tmp_path / "b.png", t.attrs["paper"]).read_bytes()
+    assert a == b
+    assert b"Software" not in a and b"Matplotlib" not in a
+
+
+def _log():
+    quart = {"q0.0": 0.5, "q0.1": 0.6, "q0.25": 0.8, "q0.5": 1.0, "q0.75": 1.5, "q0.9": 2.5, "q1.0": 4.0, "mean": 1.3}
+    return {"num_samples": 8, "epochs": [
+        {"epoch": 0, "ratio": 1.0, "num_samples": 8, "subset_size": 8, "steps": 2, "mean_loss": 3.0,
+         "dds_seconds": 0.0, "train_seconds": 10.0},
+        {"epoch": 1, "ratio": 0.5, "num_samples": 8, "subset_size": 4, "n_high": 3, "n_low": 1, "dds": quart,
+         "student_ce": {"mean": 4.2}, "steps": 1, "mean_loss": 2.0, "dds_seconds": 1.5, "train_seconds": 5.0}]}
+
+
+def test_training_record_shows_each_epochs_ratio_subset_dds_loss_and_time():
+    rec = R.training_record(_log())
+    assert list(rec.index) == [0, 1]
+    assert rec.loc[1, ["ratio r(e)", "samples", "of N", "from D_high", "from D_low"]].tolist() == [0.5, 4, 8, 3, 1]
+    assert (rec.loc[1, "DDS median"], rec.loc[1, "DDS q0.9"], rec.loc[1, "student CE"]) == (1.0, 2.5, 4.2)
+    assert rec["DDS median"].isna().tolist() == [True, False]  # no DDS before epoch 0
+    assert rec["loss (nats/token)"].tolist() == [3.0, 2.0]
+    assert (rec.loc[1, "DDS seconds"], rec.loc[1, "train seconds"]) == (1.5, 5.0)
+
+
+def test_training_figure_has_three_labelled_panels(tmp_path):
+    fig = R.training_figure(_log(), tmp_path / "t.png", title="a run")
+    assert (tmp_path / "t.png").stat().st_size > 0
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "samples trained on" in labels and "selection ratio r(e)" in labels
+    assert "DDS = CE_student / CE_teacher" in labels and "mean training loss (nats/token)" in labels

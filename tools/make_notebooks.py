@@ -35,7 +35,8 @@ def distill_parameters() -> str:
     cfg = get_preset("cpu")["dakd"].to_dict()
     lines = [f"{k} = {list(v) if isinstance(v, tuple) else v!r}" for k, v in cfg.items()]
     lines += ["num_processes = 1   # > 1: training through `accelerate launch` subprocesses",
-              "cpu = False         # with num_processes > 1 and no GPU: gloo processes on the CPU"]
+              "cpu = False         # with num_processes > 1 and no GPU: gloo processes on the CPU",
+              "overwrite = False   # True: retrain into an output_dir holding another config's finished run"]
     return "\n".join(lines)
 
 quickstart = nb([
@@ -61,7 +62,7 @@ distill_epochs = 2
 max_prompt_length = 192
 max_length = 320
 seed = 42
-output_dir = "runs/quickstart\""""),
+output_dir = "runs/cpu/quickstart"   # where ./run_all.sh runs this tour: Run All after it reuses the run\""""),
     code("""import json
 from pathlib import Path
 
@@ -114,6 +115,11 @@ dds = difficulty.difficulty_scores(ce_s, ce_t)
 dds_table = pd.DataFrame({"instruction": [records[e["sample_id"]]["instruction"][:70] for e in examples],
                           "CE teacher": ce_t.numpy(), "CE student": ce_s.numpy(), "DDS": dds.numpy()})
 dds_table.sort_values("DDS", ascending=False).round(3)"""),
+    md("""What the table shows: the rows sorted by DDS, hardest for the student (relative to the teacher)
+first. Before any distillation the 6-layer student is worse than guessing: its CE is above
+ln(49,152) = 10.8 nats, the CE of a uniform guess over the vocabulary, while the teacher's is a few
+nats. So every DDS is large and the ranking mostly follows where the teacher is confident. These
+are a handful of samples from one seed; the ranking, not the exact values, is the point."""),
     md("""## 3. One short DA-KD run
 
 Epoch 0 trains on all samples; before each later epoch the student's CE over all samples gives the
@@ -124,10 +130,20 @@ rest), with BDL as the loss."""),
                     max_prompt_length=max_prompt_length, max_length=max_length,
                     eval_samples=8, eval_seeds=(10,), max_new_tokens=64, seed=seed,
                     output_dir=str(out / "dakd"), save_checkpoints=False)
-result = pipeline.run(cfg)
+# the tour's own folder: a changed parameter retrains it (the old results.json is kept aside)
+result = pipeline.run(cfg, overwrite=True)
+from dakd import results
+
+# the per-epoch record, read back from train_log.json (also when the run above was reused)
 log = json.loads((out / "dakd" / "train_log.json").read_text())
-pd.DataFrame([{k: e.get(k) for k in ("epoch", "ratio", "subset_size", "n_high", "n_low", "mean_loss", "steps")}
-              for e in log["epochs"]])"""),
+results.training_figure(log, title=f"short DA-KD run, config {cfg.config_hash()}")
+results.training_record(log).round(3)"""),
+    md("""What the record shows, epoch by epoch: the selection ratio r(e) and how many samples the epoch
+trained on (all of them in epoch 0, then the cosine schedule's share), how many came from the hard
+part D_high and from the rest D_low (a share tau), the DDS quartiles over all samples before the
+epoch, the mean loss (BDL, nats/token) and the seconds spent scoring and training. DDS is scored
+only from epoch 1 on, so epoch 0's DDS columns are empty. With a few dozen samples and two epochs
+this shows the mechanics of DiffUp, not a better student."""),
     code("""print(result["eval"]["dolly"]["examples"][0]["prompt"][-200:])
 print("--- student:", result["eval"]["dolly"]["examples"][0]["response"][:300])
 summary = {"dakd_version": dakd.__version__, "config_hash": cfg.config_hash(),
@@ -158,9 +174,16 @@ preset through papermill. Outputs in `output_dir`: `config.json` (resolved confi
 versions), `train_log.json` (filter counts, per-epoch DDS statistics, Table 3's cost record),
 `results.json` (ROUGE-L per seed and mean) and `student/` (the distilled weights).
 
-`method`: `teacher` (evaluate the teacher only), `sft`, `kd` (full data every epoch with `loss`) or
-`dakd` (DiffUp with `selection` and `schedule`, and `loss`, BDL by default). With
-`num_processes > 1` the training cell runs through `accelerate launch` in a subprocess."""),
+`method`: `teacher` (evaluate the teacher only), `sft`, `kd` (full data every epoch with `loss`),
+`dakd` (DiffUp with `selection` and `schedule`, and `loss`, BDL by default), or the baselines
+`seqkd` (SFT on the teacher's generated responses), `gkd` (on-policy generalized JSD) and `distillm`
+(skew KL with student-generated outputs). With `num_processes > 1` the training cell runs through
+`accelerate launch` in a subprocess.
+
+A finished run in `output_dir` with the same config is reused; one of another config is refused
+(nothing is changed) unless `overwrite = True`. A variant of your own gets its own folder, e.g.
+
+    papermill notebooks/01_distill.ipynb runs/lam07.ipynb -p lam 0.7 -p output_dir runs/lam07/dakd"""),
     params(distill_parameters()),
     code("""import json
 from pathlib import Path
@@ -174,18 +197,30 @@ from dakd.config import DistillConfig
 fields = {f: globals()[f] for f in DistillConfig.__dataclass_fields__ if f in globals()}
 cfg = DistillConfig.from_dict(fields)
 print(f"{pipeline.method_label(cfg)}: config {cfg.config_hash()} -> {cfg.output_dir}")"""),
-    code("""res = pipeline.run(cfg, num_processes=num_processes, cpu=cpu)"""),
+    code("""res = pipeline.run(cfg, num_processes=num_processes, cpu=cpu, overwrite=overwrite)"""),
     code("""ev = res["eval"]
 # .get: a reused results.json written before SAMSum/GSM8K support has ROUGE-L only
 pd.DataFrame([{"dataset": d, "metric": e.get("metric", "rougeL"), "score": e.get("score", e.get("rougeL")),
                "std over seeds": e.get("score_std", e.get("rougeL_std")), "prompts": e["num_prompts"],
                "seeds": len(e["per_seed"]), "processes": e.get("num_processes", 1),
                "eval seconds": round(e["seconds"], 1), "note": e.get("subset_note") or ""} for d, e in ev.items()])"""),
-    code("""runs = {Path(cfg.output_dir).name: results.collect(Path(cfg.output_dir).parent)[Path(cfg.output_dir).name]}
-if res.get("cost"):
-    print(json.dumps(res["cost"], indent=1))
-    display(results.epoch_table(runs))
-for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
+    md("""The table above is the run's score on each evaluation set: ROUGE-L (x100) of sampled responses
+against the references, averaged over the seeds. At CPU scale the students mostly write fluent
+word salad, and ROUGE-L then mostly counts shared function words (the, a, of, to), so scores of
+5-10 are what a CPU student gets, and differences under about a point are noise (40 prompts, one
+seed). Below: the run's training, epoch by epoch (read from `train_log.json`, also for a reused run)."""),
+    code("""if cfg.method != "teacher":
+    log = json.loads((Path(cfg.output_dir) / "train_log.json").read_text())
+    results.training_figure(log, title=f"{pipeline.method_label(cfg)}, config {cfg.config_hash()}")
+    display(results.training_record(log).round(3))
+    print(f"{res['cost']['iterations']} optimiser steps, {res['cost']['total_seconds'] / 60:.2f} training minutes "
+          f"(DDS scoring {res['cost'].get('dds_seconds', 0.0) / 60:.2f})")"""),
+    md("""Per epoch: the selection ratio r(e) and the samples trained on (DA-KD: all in epoch 0, then
+fewer on the cosine schedule; SFT and KD: all every epoch), how many came from the hard part D_high
+and from the rest D_low, the DDS quartiles before the epoch (DA-KD from epoch 1), the mean loss in
+nats per token (each method's own objective, so losses of different methods do not compare) and
+the seconds. Then two of the evaluation's prompts with the reference and this student's answer."""),
+    code("""for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
     print("PROMPT:", ex["prompt"][-300:], "\\nREFERENCE:", str(ex["references"])[:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
     md("""## The paper's numbers beside ours
 
@@ -219,7 +254,7 @@ with the notebook that makes it."""),
     params("""run_root = "runs/cpu"
 figures_dir = "figures/cpu"
 dataset = "dolly"
-preset = ""   # a preset name: use its Table 1 runs only (its run_root also holds other tables' runs)"""),
+preset = "cpu"   # a preset name: use its Table 1 runs only ("": every run in run_root with `dataset`)"""),
     code("""import json
 from pathlib import Path
 
@@ -240,13 +275,26 @@ if set(all_runs) - set(runs):
     print("not in it (other tables' runs):", ", ".join(sorted(set(all_runs) - set(runs))))
 table = results.method_table(runs, dataset)
 table.round(2)"""),
+    md("""Each method's ROUGE-L (x100) on DollyEval beside the paper's Table 1 for the same method. Ours
+distils a 135M teacher into a 6-layer student on a hundred-odd samples on a CPU; the paper distils
+Llama2-7B on 11,435 samples for 10 epochs, so only the pipeline compares, not the numbers. The CPU
+students write fluent word salad, and ROUGE-L then mostly counts shared function words: with 40
+prompts and one seed, differences under about one point are noise. The iterations show DiffUp's
+saving: DA-KD trains on a shrinking subset, so fewer optimiser steps than full-data KD."""),
     code("""# Table 1 layout: ROUGE-L on every instruction set the runs were evaluated on, each with the paper's
 # value for the same method (Llama2-7B -> table1_student) and our difference; UnNI marked "(prefix)"
 table1_student = presets.paper_comparison(preset)["table1_student"] or "Sheared-LLaMA-1.3B"
 table1 = results.table1(runs, table1_student)
 table1.round(2)"""),
+    md("""The same runs on every instruction set they were evaluated on, each with the paper's value and
+our difference (ours minus the paper's): the differences are large and negative everywhere, which
+is the scale of the models and data, not a finding about DA-KD."""),
     code("""epochs = results.epoch_table(runs)
 epochs.round(3)"""),
+    md("""Per epoch of every trained run: selection ratio, subset size, how many samples came from D_high
+and D_low, DDS quantiles before the epoch (DA-KD from epoch 1; empty for full-data methods) and the
+mean training loss in nats per token (each method's own objective: SFT's cross-entropy and a
+divergence do not compare)."""),
     code("""paths = results.plot_all(runs, figures_dir, dataset)
 for p in paths:
     display(Image(filename=str(p)))"""),
@@ -280,7 +328,8 @@ def table_parameters(table_note: str) -> str:
 run_root = "runs/cpu-full"    # its run folders (finished runs here are reused, not redone)
 figures_dir = "figures/cpu-full"
 num_processes = 1             # > 1: each run trains and evaluates through `accelerate launch`
-cpu = False                   # with num_processes > 1 and no GPU: gloo processes on the CPU'''
+cpu = False                   # with num_processes > 1 and no GPU: gloo processes on the CPU
+overwrite = False             # True: retrain a run whose folder holds another config's finished run'''
 
 
 def run_missing(tables: str) -> str:
@@ -303,7 +352,7 @@ configs = presets.get_preset(preset, root=run_root)
 todo = presets.needed_runs(preset, mine, root=run_root) if mine else []
 print(f"{{len(todo)}} runs for {{mine}}: {{', '.join(todo)}}")
 for name in todo:
-    pipeline.run(configs[name], num_processes=num_processes, cpu=cpu)'''
+    pipeline.run(configs[name], num_processes=num_processes, cpu=cpu, overwrite=overwrite)'''
 
 
 def collect_cell() -> str:
@@ -365,12 +414,20 @@ difference, and is written to `<run_root>/<table>.json`; figures go to `figures_
     md("## Table 4: DiffUp ablation"),
     code(show_table("table4", 'results.table4(runs_of("table4"))',
                     'results.paper_bars(df, ["Dolly"], Path(figures_dir, "table4.png"), df.attrs["paper"])')),
+    md("""Table 4 compares ways of choosing each epoch's data, all with BDL. At this scale (a few
+dozen samples, one seed, 16 prompts) the differences are within noise, and "w/o DiffUp" (full data
+every epoch, so more optimiser steps) scores at least as well as DA-KD: with so little data, every
+sample helps more than choosing the hard ones. The paper's gaps are under one ROUGE-L point too."""),
     md("## Table 5: loss ablation with DiffUp"),
     code(show_table("table5", 'results.table5(runs_of("table5"))',
                     'results.paper_bars(df, ["Dolly"], Path(figures_dir, "table5.png"), df.attrs["paper"])')),
+    md("""Table 5 keeps DiffUp and changes the loss. Differences of a few points at 16 prompts and one
+seed are noise; the losses' own scales differ, so only the ROUGE-L columns compare."""),
     md("## Lambda sweep (BDL, Eq. 4; the paper publishes a figure without numbers)"),
     code(show_table("lambda_sweep", 'results.lambda_sweep(runs_of("lambda_sweep"))',
                     'results.lambda_figure(runs_of("lambda_sweep"), Path(figures_dir, "lambda_sweep.png"))')),
+    md("""lambda = 0.5 makes BDL identically zero (the two mixtures coincide), so that run does not learn
+from the teacher at all; near 0 and 1 BDL approaches forward and reverse KL."""),
     md("## Tau sweep and ratio schedules"),
     code(show_table("tau_sweep", 'results.tau_sweep(runs_of("tau_sweep"))')),
     code(show_table("schedules", 'results.schedule_table(runs_of("schedules"))')),
@@ -405,6 +462,9 @@ Llama2 7B -> 1.3B for the CPU presets) and our difference; it is written to
 ''' + show_table("table2", 'results.table2(runs_of("table2"), family)',
                  'results.paper_bars(df, ["SAMSum ROUGE-L", "GSM8K accuracy"], Path(figures_dir, "table2.png"), '
                  'df.attrs["paper"])')),
+    md("""SAMSum is scored by ROUGE-L of the summary, GSM8K by the accuracy of the final number. A
+CPU-scale student solves almost no GSM8K problem, so accuracies near 0 are expected; the rows show
+the pipeline regenerating Table 2, not the paper's numbers."""),
     md("## The paper's numbers beside ours"),
     code('''if "table2" in tables:
     print(tables["table2"].attrs["paper"])
@@ -431,6 +491,9 @@ Missing runs are trained and evaluated here (finished ones are reused). Written:
     code(show_table("table3", 'results.table3(runs_of("table3"))',
                     'results.paper_bars(df, ["minutes / KD-KL", "iterations / KD-KL"], Path(figures_dir, "table3.png"), '
                     'df.attrs["paper"])')),
+    md("""Our minutes are shared-CPU wall-clock of this preset's runs, the paper's are 4 x A800 GPU
+minutes; only the ratios to KD-KL compare. DA-KD's ratio below 1 comes from training on fewer
+samples per epoch; its DDS share is the time of the student's scoring passes before each epoch."""),
     md("## Figure 1: ROUGE-L against training iterations"),
     code('''if "figure1" in mine:
     points = results.figure1_points(runs_of("figure1"))
