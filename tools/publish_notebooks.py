@@ -226,7 +226,7 @@ def publish(preset: str, names=None) -> list[Path]:
             refused.append(name)
             print(f"not published {name}: run with parameters other than its parameters cell's "
                   + ", ".join(f"{k}={v!r} (cell: {d!r})" for k, (d, v) in differ.items())
-                  + f"; publish it from the preset its parameters cell names")
+                  + "; publish it from the preset its parameters cell names")
             continue
         _clean(nb)
         nb.metadata["dakd"] = {"version": dakd.__version__, "preset": preset, "commit": commit,
