@@ -13,6 +13,10 @@
 #                                     launch` (on a machine without GPUs: N gloo processes on the CPU)
 #   ./run_all.sh --preset NAME --gpus N --accelerate-config configs/accelerate/fsdp.yaml
 #                                     launch with that accelerate config (ddp, fsdp, deepspeed_zero2/3)
+#   ./run_all.sh ... --teacher-sft-config configs/accelerate/deepspeed_zero2.yaml
+#                                     another accelerate config for the teacher fine-tuning runs of a
+#                                     paper preset (a 7B teacher needs sharding where students fit DDP;
+#                                     `python -m dakd.cli plan NAME --gpus N --gpu-memory GB` says which)
 #   ./run_all.sh --notebook-timeout S  fail a notebook cell running longer than S seconds (default: the
 #                                     preset's bound, `python -m dakd.cli preset-timeout NAME`, or
 #                                     $DAKD_NOTEBOOK_TIMEOUT); the kernel is $DAKD_KERNEL (python3)
@@ -36,7 +40,7 @@ cd "$(dirname "$0")"
 mode=run preset=cpu gpus=1 dry_run=0 nb_timeout="${DAKD_NOTEBOOK_TIMEOUT:-}" lab_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--gpus|--accelerate-config|--notebook-timeout|--threads)
+    --preset|--gpus|--accelerate-config|--teacher-sft-config|--notebook-timeout|--threads)
       [ $# -ge 2 ] || { echo "run_all.sh: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; } ;;
   esac
   case "$1" in
@@ -49,6 +53,9 @@ while [ $# -gt 0 ]; do
       [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
       # read by dakd.pipeline.accelerate_command in the notebooks' launch subprocesses
       export DAKD_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
+    --teacher-sft-config)
+      [ -f "$2" ] || { echo "run_all.sh: accelerate config '$2' not found" >&2; exit 2; }
+      export DAKD_TEACHER_SFT_ACCELERATE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
     lab) mode=lab; shift; lab_args=("$@"); break ;;  # the rest goes to `jupyter lab`
     --threads)
       case "$2" in ''|*[!0-9]*|0) echo "run_all.sh: --threads needs a whole number >= 1" >&2; exit 2 ;; esac
@@ -194,8 +201,13 @@ from dakd.presets import get_preset
 c = next(c for c in get_preset('$preset', '$root').values() if c.method == 'dakd')
 print(c.teacher, c.student, c.prompt_style)")
 read -r q_teacher q_student q_style <<< "$pair"
-execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir "$root/quickstart" \
-  -p teacher "$q_teacher" -p student "$q_student" -p prompt_style "$q_style"
+if "$PY" -c "import sys; from dakd.presets import PAPER_PRESET_NEEDS; sys.exit(0 if '$preset' in PAPER_PRESET_NEEDS else 1)"; then
+  # the tour runs in the notebook's own process with CPU-sized settings: a 7B pair would not fit
+  echo "run_all.sh: the quickstart (a CPU tour of the method) is skipped for paper preset '$preset'"
+else
+  execute notebooks/00_quickstart.ipynb "$nbdir/00_quickstart.ipynb" -p output_dir "$root/quickstart" \
+    -p teacher "$q_teacher" -p student "$q_student" -p prompt_style "$q_style"
+fi
 if [ "$dry_run" = 1 ]; then exit 0; fi
 
 echo

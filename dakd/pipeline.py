@@ -121,6 +121,13 @@ def launch_env(cpu: bool = False) -> dict:
     return dict(os.environ, **({"ACCELERATE_USE_CPU": "true"} if cpu else {}))
 
 
+def is_teacher_sft(cfg: DistillConfig) -> bool:
+    """Whether ``cfg`` is the paper's teacher fine-tuning stage (method "sft" with the teacher as
+    its own student): under ``run_all.sh --teacher-sft-config`` it launches with that accelerate
+    config (``$DAKD_TEACHER_SFT_ACCELERATE_CONFIG``) instead of the students' one."""
+    return cfg.method == "sft" and cfg.student == cfg.teacher
+
+
 def launch_training(cfg: DistillConfig, num_processes: int = 1, cpu: bool = False,
                     config_file: str | None = None, stop_after: int | None = None) -> dict | None:
     """Train in this process (``num_processes == 1``) or in ``accelerate launch`` subprocesses.
@@ -150,6 +157,8 @@ def _launch_cli(cfg: DistillConfig, command: str, num_processes: int, cpu: bool,
     ``subprocess.CalledProcessError`` if they fail."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config_file is None and command == "train" and is_teacher_sft(cfg):
+        config_file = os.environ.get("DAKD_TEACHER_SFT_ACCELERATE_CONFIG") or None
     request = out / f"{command}_request.json"
     write_json(request, cfg.to_dict())
     cmd = accelerate_command(num_processes, cpu, config_file)

@@ -18,6 +18,7 @@ DeepSpeed is a test-only extra (``run_all.sh`` installs it); without it those ca
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ from dakd.pipeline import launch_training
 from dakd.presets import get_preset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+# benchmarks/gpu_smoke.sh sets this to run the same checks on that many GPUs instead of 2 CPU processes
+GPUS = int(os.environ.get("DAKD_STRATEGY_GPUS", "0"))
+PROCESSES, CPU = (GPUS, False) if GPUS else (2, True)
 STRATEGIES = ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
 pytestmark = pytest.mark.slow
 
@@ -36,7 +40,8 @@ pytestmark = pytest.mark.slow
 def _cpu_processes(monkeypatch):
     monkeypatch.delenv("DAKD_ACCELERATE_CONFIG", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    if CPU:
+        monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 
 
 def _cfg(folder, dtype="bfloat16"):
@@ -74,10 +79,10 @@ def test_two_processes_train_like_one_and_resume_exactly(strategy, tmp_path, one
 
     # float32: killed after epoch 0 (its checkpoint written), resumed; the same run as one process
     cfg = _cfg(tmp_path / "fp32", "float32")
-    assert launch_training(cfg, 2, cpu=True, config_file=config, stop_after=1) is None
+    assert launch_training(cfg, PROCESSES, cpu=CPU, config_file=config, stop_after=1) is None
     ckpt = json.loads((tmp_path / "fp32" / "checkpoint" / "state.json").read_text())
-    assert len(ckpt["epochs"]) == 1 and ckpt["num_processes"] == 2
-    log = launch_training(cfg, 2, cpu=True, config_file=config)
+    assert len(ckpt["epochs"]) == 1 and ckpt["num_processes"] == PROCESSES
+    log = launch_training(cfg, PROCESSES, cpu=CPU, config_file=config)
     ref_log, ref_w = one_process["float32"]
     assert [e["subset_ids"] for e in log["epochs"]] == [e["subset_ids"] for e in ref_log["epochs"]]
     # one optimiser step per global batch
@@ -91,7 +96,7 @@ def test_two_processes_train_like_one_and_resume_exactly(strategy, tmp_path, one
     assert max(gap.values()) < 1e-4, sorted(gap.items(), key=lambda kv: -kv[1])[:3]
 
     # bfloat16 compute, float32 master weights: trains as one process does, every tensor moves
-    log = launch_training(_cfg(tmp_path / "bf16", "bfloat16"), 2, cpu=True, config_file=config)
+    log = launch_training(_cfg(tmp_path / "bf16", "bfloat16"), PROCESSES, cpu=CPU, config_file=config)
     ref_log, ref_w = one_process["bfloat16"]
     assert log["cost"]["iterations"] == ref_log["cost"]["iterations"]
     assert log["epochs"][0]["mean_loss"] == pytest.approx(ref_log["epochs"][0]["mean_loss"], rel=1e-2)
@@ -138,3 +143,21 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     assert proc.returncode != 0
     assert "NonFiniteLossError: non-finite loss nan at epoch 0, step 0" in proc.stderr
     assert "NonFiniteLossError: non-finite loss on another process at epoch 0, step 0" in proc.stderr
+
+
+def test_teacher_fine_tuning_launches_with_its_own_accelerate_config(tmp_path, monkeypatch):
+    # regression (issue 12, defect 9): one --accelerate-config served every stage, but a 7B teacher
+    # SFT needs a sharded strategy where the students fit DDP
+    import subprocess
+
+    from dakd import pipeline
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setenv("DAKD_ACCELERATE_CONFIG", str(CONFIGS / "ddp.yaml"))
+    monkeypatch.setenv("DAKD_TEACHER_SFT_ACCELERATE_CONFIG", str(CONFIGS / "deepspeed_zero3.yaml"))
+    runs = get_preset("llama2-7b-sheared-1.3b", root=str(tmp_path))
+    for name in ("teacher_sft", "dakd"):
+        pipeline._launch_cli(runs[name], "train", 4, False, None)
+    chosen = [Path(c[c.index("--config_file") + 1]).name for c in calls]
+    assert chosen == ["deepspeed_zero3.yaml", "ddp.yaml"]
