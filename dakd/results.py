@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .compare import bootstrap_mean, paired_difference, per_prompt_values  # noqa: F401  (paired comparisons)
 from .decoding import check_same_decoding
 from .methods import METHODS
 
