@@ -22,9 +22,9 @@ Times per variant: ``wall`` = the training call's wall-clock (`pipeline.run`'s `
 model loading, top-k cache build, DDS scoring and every step; evaluation excluded), and the paper's
 Table 3 split (``cost``: DDS seconds + train seconds). Quality: ROUGE-L on every ROUGE-L evaluation
 set of the preset (the same prompts and seeds for all variants) and the paired difference against
-``full`` over every (set, seed, prompt) score both runs have, with a 95 % bootstrap interval (2,000
-resamples of prompts, a prompt's seeds together; seed 0): "not lower" means the interval's upper
-end is >= 0 (a difference the prompts cannot tell from none).
+``full`` over every (set, seed, prompt) score both runs have, with a 95 % bootstrap interval
+(`dakd.compare.bootstrap_mean`: 10,000 resamples of prompts, a prompt's seeds together; seed 0):
+"not lower" means the interval's upper end is >= 0 (a difference the prompts cannot tell from none).
 
 Bound: with the paper's schedule (epoch 0 on all of D, then r(e) = 0.5 cos(pi e / E) +
 0.5) the iterations of DA-KD are sum_e ceil(round(r(e) N) / B) of E ceil(N / B), about 0.5 + 0.5 / E
@@ -38,7 +38,6 @@ Last line: wall-clock ratio to ``full`` of each variant, its iterations ratio an
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -88,10 +87,15 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
     return None, f"{folder}: absent (neither results.json nor train_log.json)"
 
 
-def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int] | None:
+def paired_difference(a: dict, b: dict, resamples: int | None = None, seed: int = 0) -> tuple[float, float, float, int] | None:
     """Mean ROUGE-L difference a - b over the (set, seed, prompt) scores both runs have, with a 95 %
     percentile bootstrap interval over prompts (a prompt's scores under every seed resampled
-    together): (mean, low, high, number of prompts), or None when they share none."""
+    together; the package's `dakd.compare.bootstrap_mean`, 10,000 resamples by default, each prompt
+    weighted by its number of shared scores): (mean, low, high, number of prompts), or None when
+    they share none. Unlike `dakd.compare.paired_difference` (one set, the same prompts required)
+    it pools every set and pairs whatever prompts both runs have."""
+    from dakd.compare import RESAMPLES, bootstrap_mean
+
     shared = sorted(set(a["per_prompt"]) & set(b["per_prompt"]), key=str)
     if not shared:
         return None
@@ -99,13 +103,11 @@ def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) ->
     for key in shared:
         by_prompt.setdefault((key[0], key[2]), []).append(a["per_prompt"][key] - b["per_prompt"][key])
     groups = list(by_prompt.values())
-    rng = random.Random(seed)
-
-    def mean(gs):
-        return sum(sum(g) for g in gs) / sum(len(g) for g in gs)
-
-    means = sorted(mean(rng.choices(groups, k=len(groups))) for _ in range(resamples))
-    return mean(groups), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], len(groups)
+    # group means weighted by group sizes: the mean of every shared score's difference, and each
+    # resample of prompts the same statistic
+    mean, low, high = bootstrap_mean([sum(g) / len(g) for g in groups], [len(g) for g in groups],
+                                     resamples or RESAMPLES, seed)
+    return mean, low, high, len(groups)
 
 
 def train_variants(args) -> dict[str, Path]:

@@ -33,7 +33,7 @@ METHOD_LOSSES = {k: m.losses for k, m in _DECLARED.items() if m.losses}
 _HASH_OMIT_AT_DEFAULT = ("beta", "student_data_fraction", "gen_max_new_tokens", "gen_temperature",
                          "sgo_init_prob", "sgo_prob_step", "sgo_loss_eps", "sgo_max_prob",
                          "replay_buffer_size", "sgo_val_samples", "teacher_cache_k",
-                         "save_dtype")
+                         "save_dtype", "teacher_forced", "teacher_forced_samples")
 
 # parameter dtypes a run may ask for (`dakd.models.load_model` takes the torch dtype of that name)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -137,6 +137,10 @@ class DistillConfig:
     eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)
     max_new_tokens: int = 256
     eval_batch_size: int = 8
+    # teacher-forced metrics on the references of every ROUGE-L set (dakd.teacher_forced): student
+    # and teacher CE, forward KL, top-1 agreement, recorded as eval[<set>]["teacher_forced"]
+    teacher_forced: bool = False
+    teacher_forced_samples: int | None = None  # None = the whole test set; else its first n records
     # output
     output_dir: str = "runs/default/dakd"
     save_checkpoints: bool = True
@@ -225,6 +229,11 @@ class DistillConfig:
         if self.dtype == "float64" and self.method != "teacher":
             raise ValueError("dtype 'float64' is for evaluation (method 'teacher') only: training keeps float32 "
                              "master weights and computes in float32 or bfloat16")
+        if self.teacher_forced_samples is not None and (isinstance(self.teacher_forced_samples, bool) or
+                                                        not isinstance(self.teacher_forced_samples, int) or
+                                                        self.teacher_forced_samples < 1):
+            raise ValueError(f"teacher_forced_samples must be None (the whole set) or an int >= 1, "
+                             f"got {self.teacher_forced_samples!r}")
         if self.save_dtype not in DTYPES:
             raise ValueError(f"save_dtype must be one of {DTYPES}, got {self.save_dtype!r}")
 

@@ -72,6 +72,10 @@ def load_complete(cfg: DistillConfig) -> dict | None:
             if getattr(cfg, "save_epoch_students", False) and "epoch_eval" not in res:
                 print(f"[dakd] {cfg.output_dir}: finished without the per-epoch evaluation it now asks for: run again")
                 return None
+            if getattr(cfg, "teacher_forced", False) and any(
+                    ev.get("metric") == "rougeL" and "teacher_forced" not in ev for ev in res.get("eval", {}).values()):
+                print(f"[dakd] {cfg.output_dir}: finished without the teacher-forced metrics it now asks for: run again")
+                return None
             now = teacher_run(cfg)
             if now is not None and (res.get("teacher_run") or {}).get("config_hash") != now["config_hash"]:
                 print(f"[dakd] {cfg.output_dir}: its teacher {cfg.teacher} was retrained since "
@@ -175,7 +179,9 @@ def evaluate_run(cfg: DistillConfig, accelerator=None, model_path: str | Path | 
     with every other setting the run's. With an ``accelerator`` of several processes each holds a
     full copy of the model and generates its share of the prompts (data-parallel); all processes
     return the same dict. New tokens per response: ``cfg.max_new_tokens``, capped by a set's own
-    length where it has one (SAMSum 128, GSM8K 256; `tasks.EVAL_SETS`).
+    length where it has one (SAMSum 128, GSM8K 256; `tasks.EVAL_SETS`). With ``cfg.teacher_forced``
+    every ROUGE-L set's dict also holds ``teacher_forced`` (`dakd.teacher_forced.evaluate_set`,
+    against ``cfg.teacher``).
     """
     from .evaluate import evaluate_model
     from .models import default_device, load_frozen, load_tokenizer
@@ -186,12 +192,16 @@ def evaluate_run(cfg: DistillConfig, accelerator=None, model_path: str | Path | 
     tok = load_tokenizer(path, cfg.trust_remote_code)
     # one process without an accelerator (run_all.sh --gpus 1) evaluates on the GPU when there is one
     model = model.to(accelerator.device if accelerator is not None else default_device())
-    evals = {}
+    evals, pair = {}, None
     for ds in datasets or cfg.eval_datasets:
         own = eval_spec(ds).max_new_tokens
         evals[ds] = evaluate_model(model, tok, ds, cfg.prompt_style, cfg.eval_seeds, cfg.eval_samples,
                                    min(cfg.max_new_tokens, own or cfg.max_new_tokens), cfg.eval_batch_size,
                                    cfg.max_prompt_length, accelerator=accelerator)
+        if getattr(cfg, "teacher_forced", False) and eval_spec(ds).metric == "rougeL":
+            from . import teacher_forced as tf
+            pair = pair or tf.load_teacher(cfg, model, tok, path, next(model.parameters()).device)
+            evals[ds]["teacher_forced"] = tf.evaluate_set(cfg, ds, model, tok, *pair, accelerator=accelerator)
     return evals
 
 
@@ -244,7 +254,9 @@ def evaluate_epochs(cfg: DistillConfig, log: dict, num_processes: int = 1, cpu: 
     ds = cfg.eval_datasets[0]
     points = []
     for rec in log["epochs"]:
-        ev = launch_evaluation(cfg, num_processes, cpu, model_path=saved[rec["epoch"]], datasets=(ds,))[ds]
+        # the points read ROUGE-L only: no teacher-forced pass per epoch
+        ev = launch_evaluation(cfg.replace(teacher_forced=False), num_processes, cpu, model_path=saved[rec["epoch"]],
+                               datasets=(ds,))[ds]
         points.append({"epoch": rec["epoch"], "iterations_end": rec["iterations_end"], "dataset": ds,
                        "metric": ev["metric"], "score": ev["score"], "score_std": ev["score_std"],
                        "num_prompts": ev["num_prompts"]})

@@ -16,6 +16,7 @@ side by side; an expected row without a run has run None and NaN numbers. A run 
 (`dakd.decoding.check_same_decoding`). Which paper pair is compared is in ``df.attrs["paper"]``.
 """
 
+from ..compare import bootstrap_mean, paired_difference, per_prompt_values  # noqa: F401  (paired comparisons)
 from .paper import *  # noqa: F401,F403
 from .runs import *  # noqa: F401,F403
 from .tables import *  # noqa: F401,F403
