@@ -79,12 +79,12 @@ class DistillConfig:
 
     # models
     teacher: str = "smollm2-135m-instruct"  # alias, local folder or hub name
-    student: str = "smollm2-student-l6"
+    student: str = "smollm2-student-l6"  # alias, local folder or hub name; same tokenizer as the teacher
     dtype: str = "float32"  # compute dtype: the frozen teacher's weights and the student's forward
     # ("bfloat16" on GPUs: accelerate's mixed precision, the student's weights and AdamW state kept
     # in float32 as master copies); evaluation loads models in it
     save_dtype: str = "float32"  # dtype of the saved student (its weights train in float32)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # passed to from_pretrained as set; True runs the model repo's code
     # method
     method: str = "dakd"  # "teacher" (eval only), "sft", "kd" (full data, `loss`), "dakd" (DiffUp + `loss`),
     # "seqkd" (SFT on teacher-generated responses), "gkd" (on-policy JSD), "distillm" (skew KL + SGO)
@@ -122,28 +122,28 @@ class DistillConfig:
     max_prompt_length: int = 256  # tokens; longer prompts are dropped and counted
     max_length: int = 512  # tokens, prompt + response; longer responses are cut and counted
     # optimisation
-    epochs: int = 10
+    epochs: int = 10  # passes over the data (DA-KD: all of it in epoch 0, DiffUp subsets from epoch 1)
     batch_size: int = 8  # global: samples per optimiser step over all processes (METHOD.md 6.2)
     micro_batch_size: int = 8  # per process per forward; gradient accumulation makes up the rest
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    lr: float = 1e-5  # AdamW peak learning rate, cosine decay to 0 over the planned steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.0  # share of the planned optimiser steps with a linear warm-up
+    max_grad_norm: float = 1.0  # clip the gradient's global L2 norm before each optimiser step
     group_by_length: bool = True  # batches of similar length (less padding); order still seeded
     seed: int = 42  # data order, subset sampling, DiffUp draws; generation uses eval_seeds
     # evaluation
-    eval_datasets: tuple[str, ...] = ("dolly",)
+    eval_datasets: tuple[str, ...] = ("dolly",)  # test sets: names of dakd.tasks.EVAL_SETS
     eval_samples: int | None = None  # None = the whole test set; else the first n records
-    eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)
-    max_new_tokens: int = 256
-    eval_batch_size: int = 8
+    eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # one sampled pass per seed, scores averaged; None = greedy
+    max_new_tokens: int = 256  # evaluation: tokens per response (also caps SAMSum's and GSM8K's own limits)
+    eval_batch_size: int = 8  # prompts generated together (left-padded, grouped by length)
     # teacher-forced metrics on the references of every ROUGE-L set (dakd.teacher_forced): student
     # and teacher CE, forward KL, top-1 agreement, recorded as eval[<set>]["teacher_forced"]
-    teacher_forced: bool = False
+    teacher_forced: bool = False  # also record the teacher-forced metrics (one pass per model per set)
     teacher_forced_samples: int | None = None  # None = the whole test set; else its first n records
     # output
-    output_dir: str = "runs/default/dakd"
-    save_checkpoints: bool = True
+    output_dir: str = "runs/default/dakd"  # the run's folder: config.json, train_log.json, results.json, student/
+    save_checkpoints: bool = True  # checkpoint after every epoch, so that a killed run resumes there
     save_epoch_students: bool = False  # save the student after every epoch (Figure 1 curves)
     keep_checkpoint: bool = False  # keep output_dir/checkpoint (~568 MB for the cpu preset) once the
     # run is finished; by default dakd.pipeline.run deletes it then (it serves only to resume)

@@ -184,8 +184,13 @@ def test_preset_needs_name_the_planned_strategy(preset):
         assert f"configs/accelerate/{plan.pick(rows, stage)}.yaml" in needs[stage], (stage, needs[stage])
 
 
-def test_readme_table_is_the_generated_one():
+# the README shows two presets' rows, docs/gpus.md every preset's
+README_PLAN_PRESETS = ["llama2-7b-sheared-2.7b", "qwen2.5-7b-1.5b"]
+
+
+def test_readme_and_docs_tables_are_the_generated_ones():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert plan.summary_table(list(PAPER_PRESET_NEEDS), 4, (80, 40)) in readme
+    root = Path(__file__).resolve().parents[1]
+    assert plan.summary_table(README_PLAN_PRESETS, 4, (80, 40)) in (root / "README.md").read_text()
+    assert plan.summary_table(list(PAPER_PRESET_NEEDS), 4, (80, 40)) in (root / "docs" / "gpus.md").read_text()
