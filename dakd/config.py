@@ -137,9 +137,8 @@ class DistillConfig:
     eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # one sampled pass per seed, scores averaged; None = greedy
     max_new_tokens: int = 256  # evaluation: tokens per response (also caps SAMSum's and GSM8K's own limits)
     eval_batch_size: int = 8  # prompts generated together (left-padded, grouped by length)
-    # teacher-forced metrics on the references of every ROUGE-L set (dakd.teacher_forced): student
-    # and teacher CE, forward KL, top-1 agreement, recorded as eval[<set>]["teacher_forced"]
-    teacher_forced: bool = False  # also record the teacher-forced metrics (one pass per model per set)
+    teacher_forced: bool = False  # also record teacher-forced metrics on every ROUGE-L set's references
+    # (dakd.teacher_forced: student and teacher CE, forward KL, top-1 agreement; eval[<set>]["teacher_forced"])
     teacher_forced_samples: int | None = None  # None = the whole test set; else its first n records
     # output
     output_dir: str = "runs/default/dakd"  # the run's folder: config.json, train_log.json, results.json, student/

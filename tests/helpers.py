@@ -18,15 +18,20 @@ def assert_same_weights(a, b, atol=0.0):
 
 
 def record_model_loads(monkeypatch, module) -> list[str]:
-    """Wrap ``module.load_model`` (e.g. `dakd.train`'s) so that every name it loads is appended to
-    the returned list; the models still load."""
+    """Wrap ``module.load_model`` (e.g. `dakd.train`'s), and the one `dakd.models.load_frozen` and
+    the checkpoint loader (`dakd.runstate`) call, so that every name loaded is appended to the
+    returned list; the models still load."""
+    import dakd.models
+    import dakd.runstate
+
     loaded: list[str] = []
-    real = module.load_model
+    real = dakd.models.load_model
 
     def spy(name, *a, **kw):
         loaded.append(str(name))
         return real(name, *a, **kw)
-    monkeypatch.setattr(module, "load_model", spy)
+    for m in {module, dakd.models, dakd.runstate}:
+        monkeypatch.setattr(m, "load_model", spy)
     return loaded
 
 

@@ -20,7 +20,7 @@ from dakd import tasks as TK
 from dakd.config import DistillConfig
 from dakd.models import TINY_STUDENT, TINY_TEACHER, load_model, load_tokenizer
 from dakd.presets import get_preset
-from helpers import assert_same_weights, spy_batches, weights
+from helpers import assert_same_weights, record_model_loads, spy_batches, weights
 
 EOS = 2  # SmolLM2: eos == pad == 2
 
@@ -159,10 +159,10 @@ def test_seqkd_cache_is_written_once_and_reused_and_training_uses_the_teachers_t
         tmp_path, seqkd_cache, monkeypatch, smol_tok):
     cfg = _cfg(tmp_path, "seqkd", epochs=1)
     gens = _spy(monkeypatch, B, "sample_responses")
-    loaded = _spy(monkeypatch, T, "load_model")
+    loaded = record_model_loads(monkeypatch, T)
     batches = spy_batches(monkeypatch)
     log = T.train(cfg)
-    assert len(gens) == 1 and [str(a[0]) for a, _, _ in loaded] == [TINY_TEACHER, TINY_STUDENT]
+    assert len(gens) == 1 and loaded == [TINY_TEACHER, TINY_STUDENT]
     files = sorted(seqkd_cache.glob("*.jsonl"))
     assert len(files) == 1 and log["seqkd"]["cache_file"] == str(files[0]) and not log["seqkd"]["from_cache"]
     rows = [json.loads(line) for line in files[0].read_text().splitlines()]
@@ -184,7 +184,7 @@ def test_seqkd_cache_is_written_once_and_reused_and_training_uses_the_teachers_t
     # a second run (another output folder) reads the cache: no generation, no teacher loaded
     gens.clear(), loaded.clear()
     log2 = T.train(cfg.replace(output_dir=str(tmp_path / "again")))
-    assert gens == [] and [str(a[0]) for a, _, _ in loaded] == [TINY_STUDENT]
+    assert gens == [] and loaded == [TINY_STUDENT]
     assert log2["seqkd"]["from_cache"] and log2["cost"]["teacher_generation_seconds"] == 0.0
     assert (tmp_path / "again" / "seqkd_data.jsonl").read_text() == files[0].read_text()
     assert_same_weights(weights(tmp_path / "again" / "student"), weights(Path(cfg.output_dir) / "student"))
@@ -326,16 +326,16 @@ def test_distillm_validation_records_come_from_dev_or_a_held_out_tail():
 # ---------------------------------------------------------------- teacher SFT stage
 
 def test_teacher_sft_run_then_kd_from_its_output_folder(tmp_path, monkeypatch):
-    loaded = _spy(monkeypatch, T, "load_model")
+    loaded = record_model_loads(monkeypatch, T)
     sft = _cfg(tmp_path, "sft", student=TINY_TEACHER, epochs=1, output_dir=str(tmp_path / "teacher_sft"))
     T.train(sft)
-    assert [str(a[0]) for a, _, _ in loaded] == [TINY_TEACHER]  # the student only: no teacher
+    assert loaded == [TINY_TEACHER]  # the student only: no teacher
     tuned = tmp_path / "teacher_sft" / "student"
     moved = weights(tuned)
     assert not all(torch.equal(moved[k], v) for k, v in weights(TINY_TEACHER).items())
     loaded.clear()
     log = T.train(_cfg(tmp_path, "kd", loss="forward_kl", teacher=str(tuned), epochs=1))
-    assert [str(a[0]) for a, _, _ in loaded] == [TINY_STUDENT, str(tuned)]
+    assert loaded == [TINY_STUDENT, str(tuned)]
     assert log["config"]["teacher"] == str(tuned) and math.isfinite(log["epochs"][0]["mean_loss"])
 
 

@@ -140,17 +140,13 @@ def test_float16_adamw_step_turns_small_gradient_weights_into_inf():
     assert torch.isinf(w[0]) and torch.isfinite(w[1])
 
 
-def test_float16_training_is_refused_and_would_stop_on_a_non_finite_loss(tmp_path):
-    # regression: dtype "float16" was accepted for training; its first AdamW step made weights
-    # inf (test above), and the run died at step 1 with a NaN loss. Refused at construction now;
-    # forced past the check, the NaN guard still stops it before a second step
+def test_float16_training_is_refused_at_construction(tmp_path):
+    # regression: dtype "float16" was accepted for training; with the student's weights in float16
+    # its first AdamW step made them inf (test above). The weights are float32 masters now, but
+    # float16 compute needs loss scaling, which the loop's checks do not account for: refused
     with pytest.raises(ValueError, match="float16.*bfloat16"):
         _tiny("kd_kl", tmp_path, dtype="float16")
     assert _tiny("teacher", tmp_path, dtype="float16").dtype == "float16"  # evaluation only
-    cfg = _tiny("kd_kl", tmp_path, train_samples=8, epochs=1)
-    cfg.dtype = "float16"  # bypasses __post_init__
-    with pytest.raises(T.NonFiniteLossError, match="non-finite loss nan at epoch 0, step 1"):
-        T.train(cfg)
 
 
 @pytest.mark.parametrize("run", ["sft", "kd_rkl", "dakd"])

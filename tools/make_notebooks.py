@@ -183,7 +183,7 @@ versions), `train_log.json` (filter counts, per-epoch DDS statistics, Table 3's 
 A finished run in `output_dir` with the same config is reused; one of another config is refused
 (nothing is changed) unless `overwrite = True`. A variant of your own gets its own folder, e.g.
 
-    papermill notebooks/01_distill.ipynb runs/lam07.ipynb -p lam 0.7 -p output_dir runs/lam07/dakd"""),
+    mkdir -p runs/lam07 && papermill notebooks/01_distill.ipynb runs/lam07/01_distill.ipynb -p lam 0.7 -p output_dir runs/lam07/dakd"""),
     params(distill_parameters()),
     code("""import json
 from pathlib import Path
