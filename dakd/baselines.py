@@ -38,9 +38,10 @@ models"): skew KL or skew reverse KL (alpha 0.1) plus adaptive off-policy studen
 
 All generations are ancestral samples (top-k 0, top-p 1.0, ``gen_temperature``) that stop at EOS or
 after ``gen_max_new_tokens`` tokens (and never pass ``max_length`` in all); the response mask covers
-every generated token up to and including the first EOS. Under DeepSpeed ZeRO-3 or FSDP the student's
-parameters are sharded and `sample_responses` on the unwrapped model does not gather them: on-policy
-generation is supported without sharding (one device, DDP, ZeRO-1/2).
+every generated token up to and including the first EOS. Under FSDP2 or DeepSpeed ZeRO-3 the
+student's weights are sharded: every forward of ``generate`` gathers them from all processes, so
+generation runs with ``synced_gpus`` and a process whose share of a batch is empty generates for a
+stand-in prompt too (`dakd.methods.sources`; tested on the CPU in tests/test_strategies.py).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def cut_at_eos(ids: list[int], eos_token_id: int) -> list[int]:
 @torch.no_grad()
 def sample_responses(model, prompts: list[list[int]], pad_token_id: int, eos_token_id: int,
                      max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
-                     batch_size: int | None = None, max_total_length: int | None = None) -> list[list[int]]:
+                     batch_size: int | None = None, max_total_length: int | None = None,
+                     synced_gpus: bool = False) -> list[list[int]]:
     """Sample one response per prompt with ``model.generate`` (transformers), in prompt order.
 
     Ancestral sampling (top-k 0, top-p 1.0, ``temperature``, no other setting: the checkpoint's
@@ -118,7 +120,7 @@ def sample_responses(model, prompts: list[list[int]], pad_token_id: int, eos_tok
                 gcfg = protocol_generation_config(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                                   max_new_tokens=new, pad_token_id=pad_token_id,
                                                   eos_token_id=eos_token_id)
-                gen = generate_ids(model, ids.to(device), attn.to(device), gcfg)
+                gen = generate_ids(model, ids.to(device), attn.to(device), gcfg, synced_gpus=synced_gpus)
                 for r, i in enumerate(idx):
                     resp = cut_at_eos(gen[r, width:].tolist(), eos_token_id)
                     if max_total_length is not None:

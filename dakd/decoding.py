@@ -81,13 +81,16 @@ def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 generation_config: GenerationConfig) -> torch.Tensor:
+                 generation_config: GenerationConfig, synced_gpus: bool = False) -> torch.Tensor:
     """``model.generate`` with ``generation_config`` and nothing of the checkpoint's own
     ``model.generation_config``: that attribute is replaced by a copy of ``generation_config``
     for the call and restored after it (also on error).
 
     Args:
         input_ids, attention_mask: ``[B, W]`` int64, left-padded (`left_pad`), on the model's device.
+        synced_gpus: keep running forward passes until every process has finished (transformers'
+            ``synced_gpus``): needed when the weights are sharded (FSDP2, ZeRO-3), whose every
+            forward gathers them from all processes.
 
     Returns:
         ``[B, W + n]`` int64: the prompts followed by n <= max_new_tokens generated tokens
@@ -97,7 +100,7 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     model.generation_config = copy.deepcopy(generation_config)
     try:
         return model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                              generation_config=copy.deepcopy(generation_config))
+                              generation_config=copy.deepcopy(generation_config), synced_gpus=synced_gpus)
     finally:
         model.generation_config = saved
 

@@ -149,6 +149,18 @@ def sharded_optimizer(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def params_sharded(accelerator) -> bool:
+    """Whether the student's weights are sharded over the processes (FSDP, DeepSpeed ZeRO-3), so
+    that every forward pass, generation included, gathers them from all processes."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return (accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None
+            and int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3)
+
+
 def find_checkpoint(out: Path) -> Path | None:
     """The checkpoint to resume from: ``out/checkpoint``, else ``out/checkpoint.old`` (a kill
     between the two renames of `save_checkpoint` leaves only that one), else None."""

@@ -445,23 +445,23 @@ def load_train_records(cfg: DistillConfig, hold_out: int = 0) -> tuple[list[dict
 
 def _configure_deepspeed(accelerator, cfg: DistillConfig) -> dict | None:
     """Fill the DeepSpeed config that accelerate would take from a DataLoader (this loop prepares
-    none): ``train_micro_batch_size_per_gpu`` = ``cfg.micro_batch_size``, and when "auto" (or
-    absent) ``gradient_accumulation_steps`` = micro-batches per process per global batch,
-    ceil(ceil(batch_size / processes) / micro_batch_size), and ``train_batch_size`` = their product
-    with the number of processes. Returns the updated config dict, or None without DeepSpeed.
-    DeepSpeed steps on its own accumulation boundary, so a global batch that holds fewer samples
-    (the last of an epoch, or a DA-KD subset) shifts it: keep subset sizes multiples of batch_size
-    when that matters."""
+    none): ``train_micro_batch_size_per_gpu`` = ``cfg.micro_batch_size``,
+    ``gradient_accumulation_steps`` = 1 and ``train_batch_size`` = micro-batch x processes.
+    dakd accumulates the micro-batches of a global batch itself and tells DeepSpeed where the step
+    falls (accelerate's ``sync_gradients`` at the last micro-batch, whatever the batch's size), and
+    its loss is already normalised by the global batch's tokens: DeepSpeed's own accumulation count
+    would divide every micro-batch's loss again, so a config's other value is overridden (said once).
+    Returns the updated config dict, or None without DeepSpeed."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         return None
     ds = plugin.deepspeed_config
-    world = accelerator.num_processes
+    if ds.get("gradient_accumulation_steps", "auto") not in ("auto", 1):
+        print(f"[dakd] DeepSpeed gradient_accumulation_steps {ds['gradient_accumulation_steps']} -> 1: "
+              f"dakd accumulates the micro-batches of each global batch itself")
     ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-    if ds.get("gradient_accumulation_steps", "auto") == "auto":
-        ds["gradient_accumulation_steps"] = max(1, math.ceil(math.ceil(cfg.batch_size / world) / cfg.micro_batch_size))
-    if ds.get("train_batch_size", "auto") == "auto":
-        ds["train_batch_size"] = cfg.micro_batch_size * ds["gradient_accumulation_steps"] * world
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = cfg.micro_batch_size * accelerator.num_processes
     return ds
 
 

@@ -346,21 +346,21 @@ def _ds_accelerator(world, **ds):
     return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=world), plugin
 
 
-def test_deepspeed_micro_batch_and_accumulation_are_filled_from_the_config():
+def test_deepspeed_micro_batch_is_filled_and_its_own_accumulation_is_off():
+    # regression (issue 12, defect 2): DeepSpeed stepped after every micro-batch; dakd now marks
+    # the step itself (sync_gradients at a global batch's last micro-batch), so DeepSpeed's own
+    # accumulation count must be 1, or it would divide every micro-batch's loss by it again
     cfg = DistillConfig(batch_size=8, micro_batch_size=2)
     acc, plugin = _ds_accelerator(2, train_micro_batch_size_per_gpu="auto", gradient_accumulation_steps="auto",
                                   train_batch_size="auto", zero_optimization={"stage": 2})
     T._configure_deepspeed(acc, cfg)
-    assert plugin.deepspeed_config == {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
-                                       "train_batch_size": 8, "zero_optimization": {"stage": 2}}
-    # a share of ceil(8 / 3) = 3 samples needs 2 micro-batches of 2; an explicit value is kept
+    assert plugin.deepspeed_config == {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+                                       "train_batch_size": 4, "zero_optimization": {"stage": 2}}
     acc, plugin = _ds_accelerator(3, gradient_accumulation_steps=4)
     T._configure_deepspeed(acc, cfg)
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 2
-    assert plugin.deepspeed_config["gradient_accumulation_steps"] == 4
-    acc, plugin = _ds_accelerator(3)
-    T._configure_deepspeed(acc, cfg)
-    assert plugin.deepspeed_config["gradient_accumulation_steps"] == 2
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == 1
+    assert plugin.deepspeed_config["train_batch_size"] == 6
     assert T._configure_deepspeed(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), cfg) is None
 
 

@@ -260,3 +260,16 @@ def test_training_figure_has_three_labelled_panels(tmp_path):
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert "samples trained on" in labels and "selection ratio r(e)" in labels
     assert "DDS = CE_student / CE_teacher" in labels and "mean training loss (nats/token)" in labels
+
+
+def test_rows_follow_the_config_not_the_stored_label_text():
+    # the table builders key rows by config (issue 11): a run whose results.json carries a label
+    # from older code, or a stale one, lands in the row its settings say
+    runs = {"kd": run("KD (old label)", {"dolly": 12.0}, method="kd", loss="fkl"),
+            "dakd": run("something else", {"dolly": 14.0}),
+            "dakd_top": run("DA-KD", {"dolly": 13.0}, selection="top")}
+    assert [R.row_name(r) for r in runs.values()] == ["KD-KL", "DA-KD", "DA-KD (w/o SDU)"]
+    ablation = {k: v for k, v in runs.items() if k != "kd"} | {"dakd_random": run("nonsense", {"dolly": 11.0},
+                                                                                  selection="random")}
+    t4 = R.table4(ablation, datasets=["dolly"])
+    assert t4.loc["w/o SDU", "run"] == "dakd_top" and t4.loc["w/o DDS", "run"] == "dakd_random"

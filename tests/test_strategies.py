@@ -50,6 +50,23 @@ def _cfg(folder, dtype="bfloat16"):
         dtype=dtype, output_dir=str(folder))
 
 
+def _run_launch(cmd, env, cwd, timeout):
+    """Run an ``accelerate launch`` command line; on a timeout kill its whole process group (the
+    launched processes too, so a hang leaves nothing running) and fail naming the hang."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the launched processes hung (killed after {timeout} s)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _weights(folder):
     return load_model(Path(folder) / "student").state_dict()
 
@@ -121,7 +138,6 @@ def test_bf16_compute_at_lr_1e5_moves_every_weight(tmp_path):
 def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     # regression (issue 12, defect 8): a NaN loss raised on one process left the others waiting in
     # backward's all-reduce for the 30-minute timeout. The finiteness check is collective now.
-    import subprocess
     from dakd.pipeline import accelerate_command, launch_env
 
     script = tmp_path / "nan_on_rank1.py"
@@ -138,8 +154,8 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
         f"cfg = DistillConfig.from_dict({_cfg(tmp_path / 'nan', 'float32').replace(loss='forward_kl').to_dict()!r})\n"
         "train(cfg.replace(method='kd', loss='nan_on_rank1'))\n")
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(accelerate_command(2, cpu=True) + [str(script)], env=launch_env(cpu=True) | {"PYTHONPATH": str(repo)},
-                          capture_output=True, text=True, timeout=240, cwd=repo)
+    proc = _run_launch(accelerate_command(2, cpu=True) + [str(script)], launch_env(cpu=True) | {"PYTHONPATH": str(repo)},
+                       repo, timeout=240)
     assert proc.returncode != 0
     assert "NonFiniteLossError: non-finite loss nan at epoch 0, step 0" in proc.stderr
     assert "NonFiniteLossError: non-finite loss on another process at epoch 0, step 0" in proc.stderr
@@ -161,3 +177,27 @@ def test_teacher_fine_tuning_launches_with_its_own_accelerate_config(tmp_path, m
         pipeline._launch_cli(runs[name], "train", 4, False, None)
     chosen = [Path(c[c.index("--config_file") + 1]).name for c in calls]
     assert chosen == ["deepspeed_zero3.yaml", "ddp.yaml"]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_zero3"])
+def test_on_policy_generation_with_sharded_weights_and_an_empty_share(strategy, tmp_path):
+    # regression (issue 12, item 11): with FSDP2 / ZeRO-3 every forward of generate gathers the
+    # weights from all processes; a process whose share of a global batch was empty skipped
+    # generate and left the other waiting. The stand-in generates too (synced_gpus), discarded.
+
+    from dakd.io import write_json
+    from dakd.pipeline import accelerate_command, launch_env
+
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    # 11 samples in global batches of 2: the last holds one sample, so one share is empty
+    cfg = _cfg(tmp_path / "gkd", "float32").replace(method="gkd", loss="js_divergence", epochs=1, batch_size=2,
+                                                    student_data_fraction=1.0, gen_max_new_tokens=4)
+    write_json(tmp_path / "request.json", cfg.to_dict())
+    repo = Path(__file__).resolve().parents[1]
+    cmd = accelerate_command(PROCESSES, cpu=CPU, config_file=str(CONFIGS / f"{strategy}.yaml"))
+    proc = _run_launch(cmd + ["-m", "dakd.cli", "train", "--config", str(tmp_path / "request.json")],
+                       launch_env(cpu=CPU) | {"PYTHONPATH": str(repo)}, repo, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = json.loads((tmp_path / "gkd" / "train_log.json").read_text())
+    assert log["epochs"][0]["generated_batches"] == log["epochs"][0]["steps"] == math.ceil(log["num_samples"] / 2)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import baselines as baselines
+from ..runstate import params_sharded
 
 
 @dataclass
@@ -80,6 +81,9 @@ class GroundTruth:
         gen_seed = int(torch.randint(2 ** 31 - 1, (), generator=run.gen)) if source == "fresh" else None
         if not weight:  # nothing of this batch is this process's: a zero-weight stand-in
             local = [ex[share[0]]]
+            if source == "fresh" and params_sharded(run.accelerator):
+                # sharded weights: the others' generate gathers them from this process too
+                self.generate(run, share[:1], gen_seed, keep=False)
         elif source == "fresh":
             local = self.generate(run, share, gen_seed)
         else:
@@ -92,14 +96,17 @@ class GroundTruth:
         n_tok, n_seen = (int(v) for v in counts.tolist())
         return Share(local, weight, n_tok, n_seen, ids)
 
-    def generate(self, run, share: list[int], seed: int) -> list[dict]:
-        """The student's sampled responses to the prompts of ``share`` (`baselines.sample_responses`)."""
+    def generate(self, run, share: list[int], seed: int, keep: bool = True) -> list[dict]:
+        """The student's sampled responses to the prompts of ``share`` (`baselines.sample_responses`;
+        with sharded weights in step with the other processes); ``keep`` False: a stand-in's
+        generation, run only to take part in the gathers."""
         cfg, ex = run.cfg, run.examples
         t0 = time.perf_counter()
         prompts = [ex[i]["input_ids"][:ex[i]["prompt_length"]] for i in share]
         gens = baselines.sample_responses(run.accelerator.unwrap_model(run.student), prompts, run.tok.pad_token_id,
                                           run.tok.eos_token_id, cfg.gen_max_new_tokens, cfg.gen_temperature,
-                                          seed=seed + run.rank, max_total_length=cfg.max_length)
+                                          seed=seed + run.rank, max_total_length=cfg.max_length,
+                                          synced_gpus=params_sharded(run.accelerator))
         local = baselines.generated_examples([ex[i] for i in share], gens)
         self.gen_seconds += time.perf_counter() - t0
         run.student.train()
@@ -194,9 +201,11 @@ class SGO(GroundTruth):
             full = acc.reduce(torch.tensor(float(full), device=acc.device), reduction="sum").item() == run.world
         return baselines.sgo_batch_source(u, self.sgo.prob, run.cost["iterations"] / max(run.total_steps, 1), full)
 
-    def generate(self, run, share: list[int], seed: int) -> list[dict]:
-        local = super().generate(run, share, seed)
-        self.buffer.push(local)
+    def generate(self, run, share: list[int], seed: int, keep: bool = True) -> list[dict]:
+        """`GroundTruth.generate`, the kept generations also pushed into the replay buffer."""
+        local = super().generate(run, share, seed, keep)
+        if keep:
+            self.buffer.push(local)
         return local
 
     def replay(self, run, k: int) -> list[dict]:

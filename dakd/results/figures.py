@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from .paper import TABLE1_COLUMNS
 from .runs import epoch_dds, training_record
-from .tables import figure1_points, lambda_sweep, method_table
+from .tables import row_name, figure1_points, lambda_sweep, method_table
 
 __all__ = ['figure1', 'lambda_figure', 'paper_bars', 'plot_all', 'PNG_METADATA', 'training_figure']
 
@@ -154,7 +154,7 @@ def plot_all(runs: dict[str, dict], folder: str | Path, dataset: str = "dolly") 
         fig, ax = plt.subplots(figsize=(7, 4))
         for k, r in trained.items():
             ep = r["train_log"]["epochs"]
-            ax.plot([e["epoch"] for e in ep], [e["mean_loss"] for e in ep], marker="o", label=r["label"])
+            ax.plot([e["epoch"] for e in ep], [e["mean_loss"] for e in ep], marker="o", label=row_name(r))
         ax.set_xlabel("epoch")
         ax.set_xticks(sorted({e["epoch"] for r in trained.values() for e in r["train_log"]["epochs"]}))
         ax.set_ylabel("mean training loss (nats/token)")

@@ -12,9 +12,24 @@ from ..decoding import check_same_decoding
 from .paper import (NAN, PAPER_PAIR_ABLATIONS, TABLE1_COLUMNS, TABLE2_COLUMNS, TABLE2_METHODS, TABLE3_METHODS,
                     TABLE4_ROWS, TABLE5_ROWS, paper_dolly, paper_table1, paper_table2, paper_tables)
 
-__all__ = ['method_table', 'table1', 'table2', 'table3', 'table4', 'table5', 'lambda_sweep', 'tau_sweep',
+__all__ = ['row_name', 'method_table', 'table1', 'table2', 'table3', 'table4', 'table5', 'lambda_sweep', 'tau_sweep',
            'schedule_table', 'figure1_points', 'epoch_table']
 
+
+
+def row_name(run: dict) -> str:
+    """The table row of a run, computed from its config (`dakd.methods.run_label` of
+    ``results.json``'s ``config``) rather than read from the label text it stored: a run labelled
+    by older code lands in the row its settings say. The config is read as it was written (not
+    validated again: a finished run of a setting refused today still has its row)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ..config import DistillConfig
+    from ..methods import run_label
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+    return run_label(SimpleNamespace(**(defaults | run["config"])))
 
 def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
     """One row per run: ROUGE-L (mean over seeds, x100), its spread, training iterations and minutes
@@ -25,7 +40,7 @@ def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
     rows = []
     for name, r in runs.items():
         ev, cost = r["eval"][dataset], r.get("cost") or {}
-        label = r["label"]
+        label = row_name(r)
         rows.append({
             "run": name, "method": label, "ROUGE-L": ev["rougeL"], "ROUGE-L std (seeds)": ev["rougeL_std"],
             "prompts": ev["num_prompts"], "seeds": len(ev["per_seed"]),
@@ -60,7 +75,7 @@ def table1(runs: dict[str, dict], student: str = "Sheared-LLaMA-1.3B") -> pd.Dat
             for ds in present}
     rows = []
     for name, r in runs.items():
-        label, row = r["label"], {"run": name, "method": r["label"]}
+        label, row = row_name(r), {"run": name, "method": row_name(r)}
         ours, theirs = [], []
         for ds in present:
             ev, col = r["eval"].get(ds), cols[ds]
@@ -189,14 +204,14 @@ def table2(runs: dict[str, dict], family: str = "Llama2") -> pd.DataFrame:
     cells: dict = {}
     for name, r in runs.items():
         sets = [ds for ds in TABLE2_COLUMNS if ds in r["eval"]]
-        if r["label"] not in TABLE2_METHODS or not sets:
+        if row_name(r) not in TABLE2_METHODS or not sets:
             raise ValueError(f"table2: run {name!r} ({r['label']}, evaluated on {list(r['eval'])}) is not a "
                              f"row of Table 2 (methods {TABLE2_METHODS}, sets {list(TABLE2_COLUMNS)})")
         for ds in sets:
-            if (r["label"], ds) in cells:
+            if (row_name(r), ds) in cells:
                 raise ValueError(f"table2: runs {cells[r['label'], ds][0]!r} and {name!r} are both "
                                  f"{r['label']} on {ds}")
-            cells[r["label"], ds] = (name, r)
+            cells[row_name(r), ds] = (name, r)
     rows = []
     for m in TABLE2_METHODS:
         row = {"method": m}
@@ -227,7 +242,7 @@ def table3(runs: dict[str, dict]) -> pd.DataFrame:
     """
     pub = paper_tables()["table3_training_cost_llama2_7b_to_2p7b_4xA800"]
     p_rows = {r["method"]: r for r in pub["rows"]}
-    found = _rows(runs, lambda r: r["label"], list(TABLE3_METHODS), "table3")
+    found = _rows(runs, lambda r: row_name(r), list(TABLE3_METHODS), "table3")
     ours = {}
     for m, x in found.items():
         cost = (x[1].get("cost") or {}) if x else {}
@@ -371,7 +386,7 @@ def figure1_points(runs: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, r in runs.items():
         c = _cfg(r)
-        label = "KD, full data (BDL)" if c["method"] == "dakd" and c["selection"] == "full" else r["label"]
+        label = "KD, full data (BDL)" if c["method"] == "dakd" and c["selection"] == "full" else row_name(r)
         pts = r.get("epoch_eval") or []
         if not pts:
             rows.append({"run": name, "curve": label, "epoch": NAN, "iterations": NAN, "score": NAN, "dataset": None})
