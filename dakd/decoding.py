@@ -20,8 +20,10 @@ from transformers import GenerationConfig
 
 # The settings the protocol fixes on top of the sampling ones: the neutral value of everything a
 # checkpoint could otherwise set (transformers' own defaults where they are neutral).
+# (no min_new_tokens: with min_length 0 it is off, and setting both makes transformers warn at every
+# call; a checkpoint's own min_new_tokens never reaches generate, whose config is this one alone)
 NEUTRAL_SETTINGS = dict(num_beams=1, num_beam_groups=1, num_return_sequences=1, min_length=0,
-                        min_new_tokens=0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+                        repetition_penalty=1.0, encoder_repetition_penalty=1.0,
                         length_penalty=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
                         diversity_penalty=0.0, encoder_no_repeat_ngram_size=0, early_stopping=False,
                         renormalize_logits=False, remove_invalid_values=False, use_cache=True,

@@ -14,6 +14,11 @@ import os
 
 import torch
 
+if not torch.cuda.is_available():
+    # DeepSpeed (when installed, imported by accelerate) would otherwise warn at every start that it
+    # found no GPU and falls back to the CPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 # accelerate's mixed precision for each compute dtype: the student's weights stay float32
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 

@@ -221,7 +221,7 @@ and from the rest D_low, the DDS quartiles before the epoch (DA-KD from epoch 1)
 nats per token (each method's own objective, so losses of different methods do not compare) and
 the seconds. Then two of the evaluation's prompts with the reference and this student's answer."""),
     code("""for ex in ev[cfg.eval_datasets[0]]["examples"][:2]:
-    print("PROMPT:", ex["prompt"][-300:], "\\nREFERENCE:", str(ex["references"])[:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
+    print("PROMPT:", ex["prompt"][:300], "\\nREFERENCE:", str(ex["references"])[:300], "\\nRESPONSE:", ex["response"][:300], "\\n")"""),
     md("""## The paper's numbers beside ours
 
 This run's score on each Table 1 set it was evaluated on, beside the paper's for the same row
