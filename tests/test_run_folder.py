@@ -16,7 +16,7 @@ from dakd.presets import get_preset
 
 
 def _tiny(out, **kw) -> DistillConfig:
-    base = dict(teacher=TINY_TEACHER, student=TINY_STUDENT, prompt_style="chatml", train_samples=6, epochs=1,
+    base = dict(teacher=TINY_TEACHER, student=TINY_STUDENT, prompt_style="chatml", train_samples=6, epochs=2,
                 batch_size=3, micro_batch_size=3, lr=1e-3, max_prompt_length=64, max_length=96, eval_samples=3,
                 eval_seeds=(10,), max_new_tokens=4, eval_batch_size=3, save_checkpoints=True,
                 method="dakd", output_dir=str(out))

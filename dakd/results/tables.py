@@ -28,8 +28,11 @@ def row_name(run: dict) -> str:
     from ..config import DistillConfig
     from ..methods import run_label
 
+    if "config" not in run:  # a hand-made row without a config: its label is all there is
+        return run["label"]
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
     return run_label(SimpleNamespace(**(defaults | run["config"])))
+
 
 def method_table(runs: dict[str, dict], dataset: str = "dolly") -> pd.DataFrame:
     """One row per run: ROUGE-L (mean over seeds, x100), its spread, training iterations and minutes
