@@ -13,7 +13,7 @@ draws for these samples; batch_size = micro_batch_size, so no accumulation):
          DA-KD objective (`dakd.methods.objectives.Divergence`, BDL): collation, the token-count
          scaling, the finiteness check, backward, gradient-norm clipping and its check, AdamW and
          LR-scheduler steps, zero_grad, the reduced step loss.
-  loop   the real `dakd.train.train` (method dakd, one epoch, no checkpoints) on the same samples;
+  loop   the real `dakd.train.train` (method dakd, epoch 0 of 2, no checkpoints) on the same samples;
          per step = its ``cost.train_seconds / cost.iterations``, which also counts collation,
          epoch 0's free CE_teacher (`response_ce` on the teacher logits), accelerate, tqdm and the
          records. It runs after the other two (it cannot be interleaved with them).
@@ -56,7 +56,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     base = get_preset("tiny" if args.quick else "cpu")["dakd"]
-    cfg = base.replace(train_samples=args.samples or (24 if args.quick else 40), epochs=1,
+    cfg = base.replace(train_samples=args.samples or (24 if args.quick else 40), epochs=2,
                        micro_batch_size=base.batch_size, save_checkpoints=False)
     tok = load_tokenizer(cfg.student)
     records = D.load_split(cfg.dataset, "train", limit=cfg.train_samples, seed=cfg.seed)
@@ -126,7 +126,7 @@ def main():
     per = {k: sum(v) / len(v) for k, v in times.items()}
     for name, method in (("loop", "dakd"), ("loop_kd", "kd")):
         with tempfile.TemporaryDirectory() as tmp:
-            cost = train(cfg.replace(method=method, output_dir=tmp))["cost"]
+            cost = train(cfg.replace(method=method, output_dir=tmp), stop_after=1)["cost"]  # epoch 0 only
         if cost["iterations"] != len(batches):
             raise SystemExit(f"dakd.train took {cost['iterations']} steps, expected {len(batches)}")
         per[name] = cost["train_seconds"] / cost["iterations"]
