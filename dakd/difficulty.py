@@ -119,29 +119,49 @@ def score_dataset(model, examples: list[dict], pad_token_id: int, batch_size: in
     Returns:
         ``[N]`` float32 on the CPU, nats per response token.
     """
-    n = len(examples)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    collate = DistillCollator(pad_token_id)
-    order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
-    mine = order[rank::world]
     was_training = model.training
     model.eval()
-    out = torch.zeros(n)
-    # the same number of forward passes on every process (sharded models gather in each one): a
-    # shorter share scores its first sample again and discards it
-    n_batches = math.ceil(math.ceil(n / world) / batch_size)
-    for s in tqdm(range(0, n_batches * batch_size, batch_size), desc=desc, disable=rank != 0, leave=False):
-        idx = mine[s:s + batch_size]
-        b = {k: v.to(device) for k, v in collate([examples[i] for i in idx or order[:1]]).items()}
+    out = torch.zeros(len(examples))
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    for idx, b in share_batches(examples, pad_token_id, batch_size, device, accelerator, desc):
         rows = response_logits(model, b["input_ids"], b["attention_mask"], predicting_positions(b["response_mask"]))
         if idx:
             out[idx] = response_ce_rows(rows[:, :vocab], b["input_ids"], b["response_mask"]).cpu()
     model.train(was_training)
-    if world > 1:
+    if accelerator is not None and accelerator.num_processes > 1:
         # every process filled a disjoint set of positions; a sum reassembles the full vector
         out = accelerator.reduce(out.to(device), reduction="sum").cpu()
     return out
+
+
+def forward_passes(n: int, world: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` each process runs when ``n`` items are split into strided shares
+    over ``world`` processes: ceil(ceil(n / world) / batch_size), the largest share's, the same on
+    every process (FSDP2 and ZeRO-3 gather the weights in every forward pass, so a process that
+    stopped early would leave the others waiting)."""
+    return math.ceil(math.ceil(n / world) / batch_size)
+
+
+def share_batches(examples: list[dict], pad_token_id: int, batch_size: int, device, accelerator=None,
+                  desc: str = "scoring"):
+    """This process's share of ``examples`` in collated batches, for a no-grad scoring pass.
+
+    Examples are sorted by length (less padding) and dealt out strided over the processes; every
+    process yields `forward_passes` batches, a shorter share ending with repeats of the first
+    example (for the others' gathers) whose results the caller discards.
+
+    Yields:
+        (indices into ``examples``, empty for a repeated batch; the collated batch on ``device``).
+    """
+    n = len(examples)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    collate = DistillCollator(pad_token_id)
+    order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
+    mine = order[rank::world]
+    for s in tqdm(range(0, forward_passes(n, world, batch_size) * batch_size, batch_size), desc=desc,
+                  disable=rank != 0, leave=False):
+        idx = mine[s:s + batch_size]
+        yield idx, {k: v.to(device) for k, v in collate([examples[i] for i in idx or order[:1]]).items()}
 
 
 def teacher_ce_cached(model, examples: list[dict], pad_token_id: int, cache_folder: str | Path,

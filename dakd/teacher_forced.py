@@ -29,14 +29,12 @@ same logits: KL is exactly 0 and agreement exactly 1.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 
-from .data import DistillCollator, tokenize_records
-from .difficulty import predicting_positions, response_ce_rows
+from .data import tokenize_records
+from .difficulty import predicting_positions, response_ce_rows, share_batches
 from .losses import forward_kl_per_token
 from .models import response_logits
 
@@ -117,21 +115,15 @@ def teacher_forced_metrics(student, teacher, examples: list[dict], pad_token_id:
             broken data-parallel split; never silently averaged).
     """
     n = len(examples)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    world = accelerator.num_processes if accelerator else 1
     device = accelerator.device if accelerator else next(student.parameters()).device
     same = teacher is student
-    collate = DistillCollator(pad_token_id)
-    order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
-    mine = order[rank::world]
     sums = torch.zeros(n, len(_COLS), dtype=torch.float64)
     modes = (student.training, teacher.training)
     student.eval()
     teacher.eval()
-    n_batches = math.ceil(math.ceil(n / world) / batch_size) if n else 0
     try:
-        for s in tqdm(range(0, n_batches * batch_size, batch_size), desc=desc, disable=rank != 0, leave=False):
-            idx = mine[s:s + batch_size]
-            b = {k: v.to(device) for k, v in collate([examples[i] for i in idx or order[:1]]).items()}
+        for idx, b in share_batches(examples, pad_token_id, batch_size, device, accelerator, desc):
             pos = predicting_positions(b["response_mask"])
             s_rows = response_logits(student, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
             t_rows = s_rows if same else response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]

@@ -36,6 +36,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import baselines, data, tasks
 from .config import DistillConfig, run_metadata
+from .difficulty import forward_passes
 from .io import write_json
 from .launch import MIXED_PRECISION, make_accelerator
 from .methods import METHODS, build_parts
@@ -143,7 +144,7 @@ def train_step(run: Run, share, objective, observe=None, where: str = "") -> flo
     # every process runs the same number of forward passes (FSDP2 and ZeRO-3 gather parameters in
     # each one, and a process that stops early leaves the others waiting): a shorter share is padded
     # with zero-weight stand-ins up to the micro-batches of the largest share of this global batch
-    n_micro = math.ceil(math.ceil(len(share.sample_ids) / run.world) / cfg.micro_batch_size)
+    n_micro = forward_passes(len(share.sample_ids), run.world, cfg.micro_batch_size)
     micro += [(share.examples[:1], 0.0)] * (n_micro - len(micro))
     step_loss = torch.zeros((), device=acc.device)
     for j, (mb, weight) in enumerate(micro):
