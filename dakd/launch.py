@@ -54,15 +54,14 @@ def make_accelerator(dtype: str = "float32"):
     strategy = launched_strategy()
     if torch.cuda.is_available():
         return Accelerator(mixed_precision=mp)
-    if strategy == "single":
+    if strategy in ("single", "ddp"):
         from accelerate.state import AcceleratorState
 
         # one process may train runs of different dtypes in turn (a notebook, the tests): the
         # singleton state of the previous run's precision is replaced, as a new process would
-        if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mp:
+        state = AcceleratorState._shared_state
+        if strategy == "single" and state and state.get("_mixed_precision") != mp:
             AcceleratorState._reset_state()
-        return Accelerator(cpu=True, mixed_precision=mp)
-    if strategy == "ddp":
         return Accelerator(cpu=True, mixed_precision=mp)
     # accelerate's CPU flag would turn the strategy into plain data parallel again
     os.environ["ACCELERATE_USE_CPU"] = "false"
