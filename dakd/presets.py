@@ -294,6 +294,66 @@ def tiny_full(root: str = "runs/tiny-full") -> tuple[dict[str, DistillConfig], d
                   baseline={"gen_max_new_tokens": 4, "sgo_val_samples": 2})
 
 
+# the claims study's runs (dakd.claims.COMPARISONS and COSTS name them)
+CLAIMS_STUDENT = "smollm2-student-l6"
+
+
+def cpu_claims(root: str = "runs/cpu-claims") -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:
+    """The claims study (issue 15, `dakd.claims`): the runs behind the paper's claims, in the
+    paper's regime (10 epochs, cosine selection ratio and learning rate, lambda 0.9, tau 0.1), on
+    the offline SmolLM2 pair; one table, ``claims``, made by notebooks/06_claims.ipynb
+    (``./run_all.sh --preset cpu-claims``).
+
+    Runs: full-data KD-KL, KD-RKL and BDL (``dakd_full``, Table 4's "w/o DiffUp"); DA-KD
+    (``dakd``); DiffUp with KL, RKL, JSD, SKL, SRKL (Table 5); DiffUp with a random subset and with
+    every sample from the top (Table 4); lambda 0.5, 0.6, 0.7, 0.8 (0.9 is ``dakd``); DA-KD with the
+    live teacher (``dakd_exact``: the top-k cache's effect, and the cost beside DistiLLM); DistiLLM
+    (its default loss, SRKL; the live teacher: it scores its own samples).
+
+    Every KD and DiffUp run but ``dakd_exact`` reads the teacher from the top-k cache (k = 256,
+    built once, ~1 min): its step is the student's alone. The student
+    (`CLAIMS_STUDENT`) and the sizes are chosen in benchmarks/claims_student.py and the README's
+    claims section, with the numbers. ROUGE-L on the first ``eval_samples`` DollyEval prompts,
+    sampled as the protocol says (temperature 1, top-k 0, top-p 1), each seed of ``eval_seeds``;
+    teacher-forced metrics on the whole DollyEval set, added after training by one teacher pass
+    for all runs (`dakd.claims.add_teacher_forced`). Checkpoints off; each finished run is reused,
+    so the study resumes run by run.
+    """
+    base = DistillConfig(teacher=DEFAULT_TEACHER, student=CLAIMS_STUDENT, prompt_style="chatml", dataset="dolly",
+                         train_samples=128, epochs=10, batch_size=8, micro_batch_size=8, lr=1e-4,
+                         max_prompt_length=192, max_length=256, eval_samples=64, eval_seeds=(10,),
+                         max_new_tokens=64, eval_batch_size=16, seed=42, save_checkpoints=False,
+                         method="dakd", loss="bdl", teacher_cache_k=256)
+    gen = {"gen_max_new_tokens": 64, "sgo_val_samples": 16}
+    # run order: the claims' core runs first, so a study stopped early has answered the most
+    runs = {"dakd": base,
+            "dakd_full": base.replace(selection="full"),
+            "kd_kl": base.replace(method="kd", loss="forward_kl"),
+            "kd_rkl": base.replace(method="kd", loss="reverse_kl"),
+            "dakd_random": base.replace(selection="random"),
+            "dakd_top": base.replace(selection="top"),
+            **{k: base.replace(loss=loss) for k, loss in TABLE5_LOSSES.items() if k != "dakd"},
+            **{f"dakd_lam{_num(lam)}": base.replace(lam=lam, allow_degenerate_loss=lam == 0.5)
+               for lam in (0.5, 0.6, 0.7, 0.8)},
+            "dakd_exact": base.replace(teacher_cache_k=None),
+            "distillm": base.replace(method="distillm", loss=METHODS["distillm"].losses[0], teacher_cache_k=None,
+                                     **gen)}
+    runs = {k: v.replace(output_dir=f"{root}/{k}") for k, v in runs.items()}
+    return runs, {"claims": list(runs)}
+
+
+def tiny_claims(root: str = "runs/tiny-claims") -> tuple[dict[str, DistillConfig], dict[str, list[str]]]:
+    """The runs of ``cpu-claims`` on the tiny random pair (2 epochs, 6 samples, 4 prompts): seconds
+    per run, for the tests of `dakd.claims` and notebooks/06_claims.ipynb; the numbers mean nothing."""
+    runs, tables = cpu_claims(root)
+    tiny_fields = dict(teacher=TINY_TEACHER, student=TINY_STUDENT, train_samples=6, epochs=2, batch_size=3,
+                       micro_batch_size=3, lr=1e-3, max_prompt_length=112, max_length=128, eval_samples=4,
+                       max_new_tokens=4, eval_batch_size=4, teacher_forced_samples=8)
+    out = {k: v.replace(**tiny_fields) for k, v in runs.items()}
+    out["distillm"] = out["distillm"].replace(gen_max_new_tokens=4, sgo_val_samples=2)
+    return out, tables
+
+
 # ---------------------------------------------------------------------------------- paper presets
 
 # Teacher and students (hub names), and the tables each paper pair appears in
@@ -417,7 +477,8 @@ def paper_comparison(name: str) -> dict:
     return PAPER_COMPARISON.get(name, {"table1_student": "Sheared-LLaMA-1.3B", "table2_family": "Llama2"})
 
 
-PRESETS = {"cpu": cpu, "tiny": tiny, "cpu-full": cpu_full, "tiny-full": tiny_full,
+PRESETS = {"cpu": cpu, "tiny": tiny, "cpu-full": cpu_full, "tiny-full": tiny_full, "cpu-claims": cpu_claims,
+           "tiny-claims": tiny_claims,
            **{name: (lambda root, _n=name: paper(_n, root)) for name in _PAPER_PAIRS}}
 
 
@@ -476,7 +537,7 @@ def needed_runs(name: str, tables: list[str] | tuple[str, ...], root: str | None
 # (2 CPU cores) a tiny run takes well under a minute and a cpu / cpu-full run 1-9 minutes (training
 # plus evaluation, the machine shared); a paper run on 4 GPUs takes up to ~7 hours
 # (PAPER_PRESET_NEEDS: GKD on Dolly, scaled from the paper's Table 3). About 3x headroom.
-RUN_MINUTES_BOUND = {"tiny": 5, "tiny-full": 5, "cpu": 30, "cpu-full": 30}
+RUN_MINUTES_BOUND = {"tiny": 5, "tiny-full": 5, "cpu": 30, "cpu-full": 30, "tiny-claims": 5, "cpu-claims": 30}
 PAPER_RUN_MINUTES_BOUND = 24 * 60
 
 

@@ -74,7 +74,6 @@ def set_examples(dataset: str, tokenizer, prompt_style: str, max_prompt_length: 
     return examples, report.to_dict()
 
 
-@torch.no_grad()
 def teacher_forced_metrics(student, teacher, examples: list[dict], pad_token_id: int, batch_size: int = 8,
                            accelerator=None, vocab: int | None = None, desc: str = "teacher-forced") -> dict:
     """Student and teacher on the reference responses of ``examples`` under teacher forcing.
@@ -114,39 +113,75 @@ def teacher_forced_metrics(student, teacher, examples: list[dict], pad_token_id:
         RuntimeError: after the reduction some example was scored by no process or by two (a
             broken data-parallel split; never silently averaged).
     """
+    return teacher_forced_many({"student": student}, teacher, examples, pad_token_id, batch_size,
+                               accelerator, vocab, desc)["student"]
+
+
+@torch.no_grad()
+def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token_id: int, batch_size: int = 8,
+                        accelerator=None, vocab: int | None = None, desc: str = "teacher-forced") -> dict[str, dict]:
+    """`teacher_forced_metrics` of several students against one teacher, with one teacher forward
+    pass per batch for all of them (a study evaluating many runs of one teacher pays for the
+    teacher once: `dakd.claims.add_teacher_forced`). The values of each student are exactly those
+    `teacher_forced_metrics` gives it alone (the same batches, the same teacher logits).
+
+    Args:
+        students: {name: causal LM}, all on the teacher's device; one may be ``teacher`` itself.
+        teacher, examples, pad_token_id, batch_size, accelerator, vocab, desc: as
+            `teacher_forced_metrics`.
+
+    Returns:
+        {name: the dict `teacher_forced_metrics` returns for that student}, in ``students``'s order.
+
+    Raises:
+        ValueError: no students; and as `teacher_forced_metrics`.
+        RuntimeError: as `teacher_forced_metrics`.
+    """
+    if not students:
+        raise ValueError("teacher_forced_many needs at least one student")
     n = len(examples)
     world = accelerator.num_processes if accelerator else 1
-    device = accelerator.device if accelerator else next(student.parameters()).device
-    same = teacher is student
-    sums = torch.zeros(n, len(_COLS), dtype=torch.float64)
-    modes = (student.training, teacher.training)
-    student.eval()
-    teacher.eval()
+    first = next(iter(students.values()))
+    device = accelerator.device if accelerator else next(first.parameters()).device
+    sums = {k: torch.zeros(n, len(_COLS), dtype=torch.float64) for k in students}
+    models = [*students.values(), teacher]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         for idx, b in share_batches(examples, pad_token_id, batch_size, device, accelerator, desc):
             pos = predicting_positions(b["response_mask"])
-            s_rows = response_logits(student, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
-            t_rows = s_rows if same else response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
+            rows = {k: response_logits(s, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
+                    for k, s in students.items()}
+            same = [k for k, s in students.items() if s is teacher]
+            t_rows = rows[same[0]] if same else response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
             if not idx:  # the repeated batch of a shorter share: computed, discarded
                 continue
-            if s_rows.shape[-1] != t_rows.shape[-1]:
-                raise ValueError(f"student logits have {s_rows.shape[-1]} columns, teacher logits "
-                                 f"{t_rows.shape[-1]}: pass vocab (dakd.models.check_pair)")
             count = b["response_mask"][:, 1:].sum(1).double()  # [B] response tokens per sample
             sample = pos.nonzero()[:, 0]  # [M] sample of each response row
-            s_ce = response_ce_rows(s_rows, b["input_ids"], b["response_mask"]).double()
-            t_ce = s_ce if same else response_ce_rows(t_rows, b["input_ids"], b["response_mask"]).double()
-            kl_rows = forward_kl_per_token(s_rows[None], t_rows[None])[0].double()  # [M]
-            agree_rows = (s_rows.argmax(-1) == t_rows.argmax(-1)).double()  # [M]
-            B = count.shape[0]
-            kl = torch.zeros(B, dtype=torch.float64, device=kl_rows.device).index_add_(0, sample, kl_rows)
-            agree = torch.zeros(B, dtype=torch.float64, device=agree_rows.device).index_add_(0, sample, agree_rows)
-            # CE sums from the per-sample means (the exact values DDS scoring gives), times the counts
-            block = torch.stack([s_ce * count, t_ce * count, kl, agree, count, torch.ones_like(count)], 1)
-            sums[idx] = block.cpu()
+            t_ce = response_ce_rows(t_rows, b["input_ids"], b["response_mask"]).double()
+            for k, s_rows in rows.items():
+                if s_rows.shape[-1] != t_rows.shape[-1]:
+                    raise ValueError(f"student logits have {s_rows.shape[-1]} columns, teacher logits "
+                                     f"{t_rows.shape[-1]}: pass vocab (dakd.models.check_pair)")
+                s_ce = t_ce if k in same else response_ce_rows(s_rows, b["input_ids"], b["response_mask"]).double()
+                kl_rows = forward_kl_per_token(s_rows[None], t_rows[None])[0].double()  # [M]
+                agree_rows = (s_rows.argmax(-1) == t_rows.argmax(-1)).double()  # [M]
+                B = count.shape[0]
+                kl = torch.zeros(B, dtype=torch.float64, device=kl_rows.device).index_add_(0, sample, kl_rows)
+                agree = torch.zeros(B, dtype=torch.float64, device=agree_rows.device).index_add_(0, sample, agree_rows)
+                # CE sums from the per-sample means (the exact values DDS scoring gives), times the counts
+                block = torch.stack([s_ce * count, t_ce * count, kl, agree, count, torch.ones_like(count)], 1)
+                sums[k][idx] = block.cpu()
     finally:
-        student.train(modes[0])
-        teacher.train(modes[1])
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return {k: _summarise(v, examples, accelerator, device, world) for k, v in sums.items()}
+
+
+def _summarise(sums: torch.Tensor, examples: list[dict], accelerator, device, world: int) -> dict:
+    """The returned dict of `teacher_forced_metrics` from one student's per-sample sums ``[N, 6]``."""
+    n = len(examples)
     if world > 1:
         # disjoint rows per process: a sum reassembles the whole table
         sums = accelerator.reduce(sums.to(device), reduction="sum").cpu()
