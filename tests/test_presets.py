@@ -104,7 +104,7 @@ def test_labels_read_like_the_papers_rows():
 
 def test_cpu_full_is_the_documented_cpu_scale():
     runs, tables = P.get_preset("cpu-full"), P.get_tables("cpu-full")
-    assert list(tables) == list(P.TABLES) and len(runs) == 42
+    assert list(tables) == list(P.PAPER_TABLES) and len(runs) == 42
     assert not any(k.endswith("teacher_sft") for k in runs)  # no teacher SFT at CPU scale
     for k, c in runs.items():
         assert (c.teacher, c.student, c.epochs, c.train_samples, c.eval_seeds, c.seed) == \

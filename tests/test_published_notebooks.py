@@ -15,7 +15,7 @@ from dakd.config import DistillConfig
 from dakd.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["00_quickstart", "01_distill", "02_results", "03_ablations", "04_task_specific", "05_cost"]
+NAMES = ["00_quickstart", "01_distill", "02_results", "03_ablations", "04_task_specific", "05_cost", "06_claims"]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ parameters cell (other than ``EXECUTION_ONLY``) was run for another preset and i
 
     .venv/bin/python tools/publish_notebooks.py cpu 00_quickstart 01_distill 02_results
     .venv/bin/python tools/publish_notebooks.py cpu-full 03_ablations 04_task_specific 05_cost
+    .venv/bin/python tools/publish_notebooks.py cpu-claims 06_claims
 
 Progress residue is dropped from the outputs: tqdm's ``IProgress not found`` warning, progress-bar
 text on stderr and progress-bar widgets (``progress_residue``).
@@ -47,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 # published name -> executed notebook in runs/<preset>/notebooks/
 SOURCES = {"00_quickstart": "00_quickstart.ipynb", "01_distill": "01_distill_dakd.ipynb",
            "02_results": "02_results.ipynb", "03_ablations": "03_ablations.ipynb",
-           "04_task_specific": "04_task_specific.ipynb", "05_cost": "05_cost.ipynb"}
+           "04_task_specific": "04_task_specific.ipynb", "05_cost": "05_cost.ipynb",
+           "06_claims": "06_claims.ipynb"}
 # which runs each notebook's outputs come from: None = every table run of the preset
 RUNS = {"00_quickstart": [], "01_distill": ["dakd"]}
 

@@ -2,6 +2,8 @@
 Markdown, for the README's results section.
 
     .venv/bin/python tools/readme_tables.py cpu-full [table ...]
+    .venv/bin/python tools/readme_tables.py cpu-claims     # the claims table (figures/cpu-claims/claims.json),
+                                                           # as the README's headline table shows it
 """
 
 import argparse
@@ -41,6 +43,14 @@ def main():
     ap.add_argument("preset")
     ap.add_argument("tables", nargs="*")
     a = ap.parse_args()
+    claims_json = ROOT / "figures" / a.preset / "claims.json"
+    if claims_json.exists() and not a.tables:
+        import json
+
+        from dakd.claims import claims_markdown
+
+        print(claims_markdown(json.loads(claims_json.read_text())))
+        return
     for name, t in saved_tables(ROOT / "runs" / a.preset).items():
         if (a.tables and name not in a.tables) or t is None:
             continue
