@@ -21,10 +21,16 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from dakd import teacher_forced  # noqa: E402
-from dakd.config import DistillConfig  # noqa: E402
-from dakd.models import DEEPER_STUDENTS, DEFAULT_STUDENT, DEFAULT_TEACHER, load_model, load_tokenizer  # noqa: E402
-from dakd.pipeline import run  # noqa: E402
+from dakd import teacher_forced
+from dakd.config import DistillConfig
+from dakd.models import (
+    DEEPER_STUDENTS,
+    DEFAULT_STUDENT,
+    DEFAULT_TEACHER,
+    load_model,
+    load_tokenizer,
+)
+from dakd.pipeline import run
 
 ROOT = Path("runs/claims_student")
 CANDIDATES = (DEFAULT_STUDENT, *DEEPER_STUDENTS)

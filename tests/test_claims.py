@@ -11,7 +11,8 @@ import numpy as np
 import papermill as pm
 import pytest
 
-from dakd import claims, teacher_forced as tf
+from dakd import claims
+from dakd import teacher_forced as tf
 from dakd.models import TINY_STUDENT, TINY_TEACHER, build_tiny, load_frozen
 from dakd.presets import get_preset, get_tables
 
@@ -94,7 +95,7 @@ def test_a_noisy_difference_cannot_be_told(tmp_path):
 
 
 def test_cost_rows(tmp_path):
-    cost = lambda total, dds=0.0, it=10: {"total_seconds": total, "dds_seconds": dds,  # noqa: E731
+    cost = lambda total, dds=0.0, it=10: {"total_seconds": total, "dds_seconds": dds,
                                           "dds_share": dds / total, "iterations": it}
     _fake_run(tmp_path / "dakd", [1.0], [1.0], [1], cost(60.0, 6.0, 55))
     _fake_run(tmp_path / "dakd_full", [1.0], [1.0], [1], cost(100.0, 0.0, 100))
