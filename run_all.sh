@@ -197,7 +197,7 @@ fi
 if has claims; then
   # the claims study (06_claims: trains its missing runs in the notebook's own process, so every cost
   # is measured in one process), then its table; no Table 1 rows, no 02_results, no tour
-  [ "$gpus" -eq 1 ] || echo "run_all.sh: the claims study runs in one process; --gpus $gpus is not used"
+  [ "$gpus" -eq 1 ] || echo "run_all.sh: the claims study trains in one process (its costs are compared); --gpus $gpus is not used for it"
   execute notebooks/06_claims.ipynb "$nbdir/06_claims.ipynb" -p preset "$preset" -p run_root "$root" \
     -p figures_dir "figures/$preset"
   if [ "$dry_run" = 1 ]; then exit 0; fi

@@ -3,14 +3,15 @@
 Each candidate (`dakd.models.DEFAULT_STUDENT` and the `DEEPER_STUDENTS`, cut from
 SmolLM2-135M-Instruct) is measured twice on the first 200 DollyEval prompts with teacher-forced
 metrics (`dakd.teacher_forced`: student CE and forward KL from the teacher, nats per response token):
-as cut (before any training) and after the same short KD run (forward KL, 20 steps of 8 Dolly
-samples, lr 1e-4, the top-k teacher cache at k = 256, as the claims preset trains). The KD run's
+as cut (before any training) and after the same short KD run (forward KL, 160 Dolly samples of
+which 144 are kept, 18 steps of 8, lr 1e-4, the top-k teacher cache at k = 256, as the claims preset trains). The KD run's
 seconds per step (its step loop alone) is the cost; 16 sampled DollyEval answers (64 new tokens, seed 10) show whether
 the text is fluent.
 
     .venv/bin/python benchmarks/claims_student.py      # about 8 min on 2 idle cores
 
-Prints one JSON line per student and a table; writes runs/claims_student/summary.json.
+Prints one JSON line per student and a table; writes runs/claims_student/summary.json (committed as
+figures/cpu-claims/student_choice.json, which notebooks/06_claims.ipynb shows).
 """
 
 import argparse
@@ -21,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from transformers import AutoConfig
+
 from dakd import teacher_forced
 from dakd.config import DistillConfig
 from dakd.models import (
@@ -29,6 +32,7 @@ from dakd.models import (
     DEFAULT_TEACHER,
     load_model,
     load_tokenizer,
+    resolve_model,
 )
 from dakd.pipeline import run
 
@@ -66,7 +70,7 @@ def main() -> None:
         log = json.loads((Path(cfg.output_dir) / "train_log.json").read_text())
         steps = sum(e["steps"] for e in log["epochs"])
         step_seconds = sum(e["train_seconds"] for e in log["epochs"])  # the step loop (no loading, no cache build)
-        row = {"layers": load_model(cfg.student).config.num_hidden_layers,
+        row = {"layers": AutoConfig.from_pretrained(resolve_model(cfg.student)).num_hidden_layers,
                "cut_student_ce": cut["student_ce"], "cut_forward_kl": cut["forward_kl"],
                "trained_student_ce": tf["student_ce"], "trained_forward_kl": tf["forward_kl"],
                "teacher_ce": tf["teacher_ce"], "top1_agreement": tf["top1_agreement"],

@@ -141,7 +141,7 @@ def comparison_rows(root: str | Path, metrics=tuple(METRICS), dataset: str = DAT
     for claim, statement, a, b, kind in COMPARISONS:
         ra, rb = _results(root, a), _results(root, b)
         for metric in metrics:
-            label, unit, higher = METRICS[metric]
+            label, unit, _ = METRICS[metric]
             margin = MARGINS[metric] if kind == "matches" else 0.0
             row = {"claim": claim, "statement": statement, "paper": PAPER[claim], "metric": label, "unit": unit,
                    "kind": kind, "margin": margin, "runs": [a, b]}
@@ -149,12 +149,11 @@ def comparison_rows(root: str | Path, metrics=tuple(METRICS), dataset: str = DAT
                 rows.append(row | {"ours": None, "interval": None, "verdict": "not run", "num_prompts": 0,
                                    "means": {}})
                 continue
-            d = paired_difference(ra, rb, dataset, metric)
-            sign = 1 if higher else -1
-            lo, hi = sorted((sign * d["low"], sign * d["high"]))
+            d = signed_difference(ra, rb, metric, dataset)
+            lo, hi = d["interval"]
             means = {n: _set_value(r, metric, dataset) for n, r in ((a, ra), (b, rb))}
-            rows.append(row | {"ours": sign * d["mean"], "interval": [lo, hi], "verdict": verdict(kind, lo, hi, margin),
-                               "num_prompts": d["num_prompts"], "means": means})
+            rows.append(row | {"ours": d["ours"], "interval": [lo, hi], "verdict": verdict(kind, lo, hi, margin),
+                               "num_prompts": d["a_minus_b"]["num_prompts"], "means": means})
     return rows
 
 
@@ -223,13 +222,15 @@ def add_teacher_forced(cfgs: dict, dataset: str = DATASET, chunk: int = 6, log=p
     Args:
         cfgs: {run name: DistillConfig}, one teacher and one tokenizer for all (else ValueError).
         dataset: a ROUGE-L set every run was evaluated on.
-        chunk: students held in memory at once (~0.2 GB each for the 6-layer cut, fp32).
+        chunk: students held in memory at once (~0.2 GB of weights each for the 6-layer cut, fp32;
+            their logits are computed one student at a time).
 
     Returns:
         the run names that got metrics now.
 
     Raises:
-        ValueError: runs with different teachers, prompt styles or lengths; as
+        ValueError: runs with different teachers, prompt styles, lengths, ``teacher_forced_samples``,
+            dtypes or evaluation batch sizes; as
             `dakd.teacher_forced.evaluate_set`.
     """
     from . import teacher_forced
@@ -243,9 +244,11 @@ def add_teacher_forced(cfgs: dict, dataset: str = DATASET, chunk: int = 6, log=p
             todo.append(name)
     if not todo:
         return []
-    keys = {(cfgs[n].teacher, cfgs[n].prompt_style, cfgs[n].max_prompt_length, cfgs[n].max_length) for n in todo}
+    keys = {(cfgs[n].teacher, cfgs[n].prompt_style, cfgs[n].max_prompt_length, cfgs[n].max_length,
+             cfgs[n].teacher_forced_samples, cfgs[n].dtype, cfgs[n].eval_batch_size) for n in todo}
     if len(keys) != 1:
-        raise ValueError(f"add_teacher_forced scores runs of one teacher, prompt style and lengths; got {sorted(keys)}")
+        raise ValueError("add_teacher_forced scores runs of one teacher, prompt style, lengths, set size, dtype and "
+                         f"batch size; got {sorted(keys, key=str)}")
     cfg0 = cfgs[todo[0]]
     teacher = load_frozen(cfg0.teacher, cfg0.dtype, cfg0.trust_remote_code)
     tok = load_tokenizer(cfg0.teacher, cfg0.trust_remote_code)
@@ -317,7 +320,8 @@ def study_record(cfgs: dict) -> dict:
     evaluation (``runs``); the sum of every run's ``seconds`` (``total_minutes``, training and
     evaluation as `dakd.pipeline.run` timed them, plus the teacher-forced pass); and the top-k
     cache's effect: ``dakd`` (cached teacher) against ``dakd_exact`` (live teacher), the paired
-    differences of ROUGE-L and of the student CE with their intervals (``topk_effect``).
+    differences of ROUGE-L and of the student CE with their intervals (``topk_effect``, per metric
+    `signed_difference`: positive = the cached-teacher run is better).
     """
     runs, minutes, tf_seconds = {}, 0.0, 0.0
     for name, cfg in cfgs.items():
@@ -337,8 +341,18 @@ def study_record(cfgs: dict) -> dict:
     a, b = (_results(Path(cfgs[n].output_dir).parent, n) for n in ("dakd", "dakd_exact"))
     if a is not None and b is not None and "teacher_forced" in a["eval"][DATASET] and \
             "teacher_forced" in b["eval"][DATASET]:
-        record["topk_effect"] = {m: paired_difference(a, b, DATASET, m) for m in METRICS}
+        record["topk_effect"] = {m: signed_difference(a, b, m) for m in METRICS}
     return record
+
+
+def signed_difference(run_a, run_b, metric: str, dataset: str = DATASET) -> dict:
+    """`dakd.compare.paired_difference` of a and b, signed as the claims rows are: ``ours``
+    (positive = a is better: higher ROUGE-L, lower student CE) and ``interval`` [low, high] in that
+    sign, beside the raw ``a_minus_b`` record."""
+    d = paired_difference(run_a, run_b, dataset, metric)
+    sign = 1 if METRICS[metric][2] else -1
+    return {"ours": sign * d["mean"], "interval": sorted((sign * d["low"], sign * d["high"])),
+            "metric": METRICS[metric][0], "unit": METRICS[metric][1], "a_minus_b": d}
 
 
 def _fmt(v: float | None, unit: str) -> str:

@@ -121,7 +121,8 @@ def teacher_forced_metrics(student, teacher, examples: list[dict], pad_token_id:
 def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token_id: int, batch_size: int = 8,
                         accelerator=None, vocab: int | None = None, desc: str = "teacher-forced") -> dict[str, dict]:
     """`teacher_forced_metrics` of several students against one teacher, with one teacher forward
-    pass per batch for all of them (a study evaluating many runs of one teacher pays for the
+    pass per batch for all of them (the students' logits are computed one student at a time, so
+    memory holds two models' ``[M, V]`` rows, not one per student) (a study evaluating many runs of one teacher pays for the
     teacher once: `dakd.claims.add_teacher_forced`). The values of each student are exactly those
     `teacher_forced_metrics` gives it alone (the same batches, the same teacher logits).
 
@@ -151,16 +152,16 @@ def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token
     try:
         for idx, b in share_batches(examples, pad_token_id, batch_size, device, accelerator, desc):
             pos = predicting_positions(b["response_mask"])
-            rows = {k: response_logits(s, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
-                    for k, s in students.items()}
             same = [k for k, s in students.items() if s is teacher]
-            t_rows = rows[same[0]] if same else response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
-            if not idx:  # the repeated batch of a shorter share: computed, discarded
-                continue
+            # the teacher's rows once; then one student's [M, V] rows at a time (memory: two models' rows)
+            t_rows = response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
+            t_ce = response_ce_rows(t_rows, b["input_ids"], b["response_mask"]).double() if idx else None
             count = b["response_mask"][:, 1:].sum(1).double()  # [B] response tokens per sample
             sample = pos.nonzero()[:, 0]  # [M] sample of each response row
-            t_ce = response_ce_rows(t_rows, b["input_ids"], b["response_mask"]).double()
-            for k, s_rows in rows.items():
+            for k, s in students.items():
+                s_rows = t_rows if k in same else response_logits(s, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
+                if not idx:  # the repeated batch of a shorter share: computed, discarded
+                    continue
                 if s_rows.shape[-1] != t_rows.shape[-1]:
                     raise ValueError(f"student logits have {s_rows.shape[-1]} columns, teacher logits "
                                      f"{t_rows.shape[-1]}: pass vocab (dakd.models.check_pair)")
@@ -173,6 +174,7 @@ def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token
                 # CE sums from the per-sample means (the exact values DDS scoring gives), times the counts
                 block = torch.stack([s_ce * count, t_ce * count, kl, agree, count, torch.ones_like(count)], 1)
                 sums[k][idx] = block.cpu()
+                del s_rows, kl_rows, agree_rows
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

@@ -74,6 +74,18 @@ def test_rows_are_signed_in_the_claims_direction(tmp_path):
     assert r["ours"] == pytest.approx(2.0) and r["interval"] == pytest.approx([2.0, 2.0]) and r["verdict"] == "holds"
     r = by[("dakd", "kd_kl"), "teacher-forced student CE"]  # lower CE is better: +0.3 in the claim's direction
     assert r["ours"] == pytest.approx(0.3) and r["verdict"] == "holds" and r["num_prompts"] == n
+    # with noise the interval has width: signing flips and reorders its ends
+    noisy = (base_ce - 0.3 + rng.normal(0, 0.5, n)).tolist()
+    _fake_run(tmp_path / "dakd_top", (base_r + rng.normal(0, 3, n)).tolist(), noisy, tokens)
+    from dakd.compare import paired_difference
+
+    r = next(r for r in claims.comparison_rows(tmp_path) if r["runs"] == ["dakd", "dakd_top"]
+             and r["metric"] == "teacher-forced student CE")
+    d = paired_difference(tmp_path / "dakd", tmp_path / "dakd_top", "dolly", "student_ce")
+    assert d["low"] < d["high"] and r["ours"] == pytest.approx(-d["mean"])
+    assert r["interval"] == pytest.approx([-d["high"], -d["low"]])
+    w = np.array(tokens, float)
+    assert r["ours"] == pytest.approx(-np.sum((base_ce - 0.3 - np.array(noisy)) * w) / w.sum())
     r = by[("dakd", "dakd_full"), "ROUGE-L"]  # 0.1 worse, within the 0.5 margin: matches
     assert r["ours"] == pytest.approx(-0.1) and r["kind"] == "matches" and r["verdict"] == "holds"
     assert r["means"]["dakd"] - r["means"]["dakd_full"] == pytest.approx(-0.1)
