@@ -124,6 +124,7 @@ if [ "$gpus" -gt 1 ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.d
 fi
 
 mmss() { printf '%d min %02d s' $(( $1 / 60 )) $(( $1 % 60 )); }
+finished() { echo; echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"; }
 # the estimate: runs still to train (counted now) times the mean minutes of the runs trained so far
 todo=$("$PY" -c "
 from dakd import pipeline, presets
@@ -201,8 +202,7 @@ if has claims; then
   execute notebooks/06_claims.ipynb "$nbdir/06_claims.ipynb" -p preset "$preset" -p run_root "$root" \
     -p figures_dir "figures/$preset"
   if [ "$dry_run" = 1 ]; then exit 0; fi
-  echo
-  echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
+  finished
   echo "  claims:    figures/$preset/claims.json (rendered in $nbdir/06_claims.ipynb / .html)"
   "$PY" -c "
 import json; from dakd.claims import ours_text
@@ -227,8 +227,7 @@ else
 fi
 if [ "$dry_run" = 1 ]; then exit 0; fi
 
-echo
-echo "run_all.sh: preset '$preset' finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
+finished
 echo "  table:     $root/results_table.json (rendered in $nbdir/02_results.ipynb / .html)"
 for t in table2 table3 figure1 table4 table5 lambda_sweep tau_sweep schedules; do
   if [ -f "$root/$t.json" ]; then echo "  $t: $root/$t.json"; fi

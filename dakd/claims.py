@@ -30,7 +30,7 @@ import json
 import time
 from pathlib import Path
 
-from .compare import paired_difference
+from .compare import GENERATION_METRICS, paired_difference
 
 # non-inferiority margins of the "matches" claims, in each metric's unit
 MARGINS = {"rougeL": 0.5, "student_ce": 0.01}
@@ -117,8 +117,9 @@ def verdict(kind: str, low: float, high: float, margin: float = 0.0) -> str:
     raise ValueError(f"unknown claim kind {kind!r}; known: beats, matches")
 
 
-def _results(root: Path, name: str) -> dict | None:
-    path = root / name / "results.json"
+def _results(folder: str | Path) -> dict | None:
+    """A run folder's ``results.json``, or None when the run is not finished."""
+    path = Path(folder) / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -139,7 +140,7 @@ def comparison_rows(root: str | Path, metrics=tuple(METRICS), dataset: str = DAT
     root = Path(root)
     rows = []
     for claim, statement, a, b, kind in COMPARISONS:
-        ra, rb = _results(root, a), _results(root, b)
+        ra, rb = _results(root / a), _results(root / b)
         for metric in metrics:
             label, unit, _ = METRICS[metric]
             margin = MARGINS[metric] if kind == "matches" else 0.0
@@ -159,7 +160,7 @@ def comparison_rows(root: str | Path, metrics=tuple(METRICS), dataset: str = DAT
 
 def _set_value(res: dict, metric: str, dataset: str) -> float:
     ev = res["eval"][dataset]
-    return ev["score"] if metric in ("rougeL", "accuracy") else ev["teacher_forced"][metric]
+    return ev["score"] if metric in GENERATION_METRICS else ev["teacher_forced"][metric]
 
 
 def cost_rows(root: str | Path) -> list[dict]:
@@ -174,8 +175,8 @@ def cost_rows(root: str | Path) -> list[dict]:
     root = Path(root)
     rows = []
     for claim, statement, paper, a, b, key, bound in COSTS:
-        ra = _results(root, a)
-        rb = _results(root, b) if b else None
+        ra = _results(root / a)
+        rb = _results(root / b) if b else None
         metric = {"iterations": "iterations", "total_seconds": "wall-clock", "dds_share": "DDS share"}[key]
         row = {"claim": claim, "statement": statement, "paper": paper, "metric": metric,
                "unit": "share" if b is None else "ratio", "kind": "cost", "bound": bound, "interval": None,
@@ -239,8 +240,9 @@ def add_teacher_forced(cfgs: dict, dataset: str = DATASET, chunk: int = 6, log=p
 
     todo = []
     for name, cfg in cfgs.items():
-        res = _results(Path(cfg.output_dir).parent, Path(cfg.output_dir).name)
-        if res is not None and "teacher_forced" not in res["eval"].get(dataset, {"teacher_forced": 1}):
+        res = _results(cfg.output_dir)
+        ev = None if res is None else res["eval"].get(dataset)
+        if ev is not None and "teacher_forced" not in ev:
             todo.append(name)
     if not todo:
         return []
@@ -323,22 +325,24 @@ def study_record(cfgs: dict) -> dict:
     differences of ROUGE-L and of the student CE with their intervals (``topk_effect``, per metric
     `signed_difference`: positive = the cached-teacher run is better).
     """
+    from .teacher_forced import METRICS as TF_METRICS
+
+    loaded = {name: _results(cfg.output_dir) for name, cfg in cfgs.items()}
     runs, minutes, tf_seconds = {}, 0.0, 0.0
-    for name, cfg in cfgs.items():
-        res = _results(Path(cfg.output_dir).parent, name)
+    for name, res in loaded.items():
         if res is None:
             runs[name] = None
             continue
         ev = res["eval"][DATASET]
         tf = ev.get("teacher_forced", {})
         runs[name] = {"label": res["label"], "rougeL": ev["score"], "num_prompts": ev["num_prompts"],
-                      **{m: tf.get(m) for m in ("student_ce", "teacher_ce", "forward_kl", "top1_agreement")},
+                      **{m: tf.get(m) for m in TF_METRICS},
                       "teacher_forced_prompts": tf.get("num_prompts"), "teacher_forced_tokens": tf.get("num_tokens"),
                       "cost": res.get("cost"), "seconds": res["seconds"]}
         minutes += sum(res["seconds"].values()) / 60
         tf_seconds += tf.get("seconds", 0.0)
     record = {"runs": runs, "total_minutes": minutes + tf_seconds / 60, "teacher_forced_minutes": tf_seconds / 60}
-    a, b = (_results(Path(cfgs[n].output_dir).parent, n) for n in ("dakd", "dakd_exact"))
+    a, b = loaded.get("dakd"), loaded.get("dakd_exact")
     if a is not None and b is not None and "teacher_forced" in a["eval"][DATASET] and \
             "teacher_forced" in b["eval"][DATASET]:
         record["topk_effect"] = {m: signed_difference(a, b, m) for m in METRICS}

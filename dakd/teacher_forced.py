@@ -121,10 +121,11 @@ def teacher_forced_metrics(student, teacher, examples: list[dict], pad_token_id:
 def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token_id: int, batch_size: int = 8,
                         accelerator=None, vocab: int | None = None, desc: str = "teacher-forced") -> dict[str, dict]:
     """`teacher_forced_metrics` of several students against one teacher, with one teacher forward
-    pass per batch for all of them (the students' logits are computed one student at a time, so
-    memory holds two models' ``[M, V]`` rows, not one per student) (a study evaluating many runs of one teacher pays for the
-    teacher once: `dakd.claims.add_teacher_forced`). The values of each student are exactly those
-    `teacher_forced_metrics` gives it alone (the same batches, the same teacher logits).
+    pass per batch for all of them: a study evaluating many runs of one teacher pays for the
+    teacher once (`dakd.claims.add_teacher_forced`). The students' logits are computed one student
+    at a time, so memory holds two models' ``[M, V]`` rows, not one per student. The values of each
+    student are exactly those `teacher_forced_metrics` gives it alone (the same batches, the same
+    teacher logits).
 
     Args:
         students: {name: causal LM}, all on the teacher's device; one may be ``teacher`` itself.
@@ -147,12 +148,12 @@ def teacher_forced_many(students: dict, teacher, examples: list[dict], pad_token
     sums = {k: torch.zeros(n, len(_COLS), dtype=torch.float64) for k in students}
     models = [*students.values(), teacher]
     modes = [m.training for m in models]
+    same = {k for k, s in students.items() if s is teacher}  # the Teacher row reads the teacher's logits
     for m in models:
         m.eval()
     try:
         for idx, b in share_batches(examples, pad_token_id, batch_size, device, accelerator, desc):
             pos = predicting_positions(b["response_mask"])
-            same = [k for k, s in students.items() if s is teacher]
             # the teacher's rows once; then one student's [M, V] rows at a time (memory: two models' rows)
             t_rows = response_logits(teacher, b["input_ids"], b["attention_mask"], pos)[:, :vocab]
             t_ce = response_ce_rows(t_rows, b["input_ids"], b["response_mask"]).double() if idx else None
